@@ -1,0 +1,81 @@
+"""`python -m manifests verify|show PATH`: check or summarise a shard set."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+
+from .manifest import ManifestError, manifest_path, read_manifest, verify_shard_set
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m manifests", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    verify = sub.add_parser("verify", help="check every shard's size, sha256 and sample count")
+    verify.add_argument("path", help="a shard-set folder or its manifest.json")
+    verify.add_argument("--no-sha256", action="store_true", help="skip hashing (size+count only)")
+    show = sub.add_parser("show", help="print a readable summary of a shard set")
+    show.add_argument("path", help="a shard-set folder or its manifest.json")
+    return parser
+
+
+def verify(path: str, check_sha256: bool = True) -> int:
+    problems = verify_shard_set(path, check_sha256=check_sha256)
+    manifest = read_manifest(path)
+    if problems:
+        bad = sorted({p.shard for p in problems})
+        for problem in problems:
+            print(f"BAD {problem}")
+        print(f"{len(bad)} of {len(manifest['shards'])} shards failed verification")
+        return 1
+    totals = manifest["totals"]
+    print(f"OK {len(manifest['shards'])} shards, {totals['samples']} samples, "
+          f"{totals['bytes']} bytes verified ({manifest_path(path)})")
+    return 0
+
+
+def show(path: str) -> int:
+    m = read_manifest(path)
+    t, src = m["totals"], m["source"]
+    lines = [
+        f"shard set   {manifest_path(path)}",
+        f"format      {m['format']} v{m['format_version']}",
+        f"source      {src['kind']}  {src.get('root', '')}",
+        f"inputs      {t['inputs']} = {t['samples']} written + {t['skipped']} skipped",
+        f"shards      {t['shards']} ({t['bytes'] / 1e6:.1f} MB)",
+        f"boxes       {t.get('boxes', 0)}",
+        f"variants    {m['variants']} per sample",
+        f"seed        {m['seed']}  ({m['seed_rule']})",
+    ]
+    classes = m.get("classes") or []
+    if classes:
+        shown = ", ".join(classes[:12]) + (f", ... ({len(classes)} in all)" if len(classes) > 12 else "")
+        lines.append(f"classes     {shown}")
+    reasons = Counter(s["reason"].split(":")[0] for s in m["skipped"])
+    for reason, n in reasons.most_common():
+        lines.append(f"skipped     {n:6d}  {reason}")
+    for note, n in sorted(m.get("conversions", {}).items()):
+        lines.append(f"converted   {n:6d}  {note}")
+    prov = m["provenance"]
+    lines.append(f"code        git {prov.get('git_revision', 'unknown')}")
+    lines.append("packages    " + ", ".join(f"{k} {v}" for k, v in sorted(prov["packages"].items())))
+    if m.get("preview"):
+        lines.append(f"preview     {manifest_path(path).parent / m['preview']}")
+    print("\n".join(lines))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        if args.command == "verify":
+            return verify(args.path, check_sha256=not args.no_sha256)
+        return show(args.path)
+    except ManifestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

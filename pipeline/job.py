@@ -1,0 +1,134 @@
+"""The sharding job on Ray: one task writes one shard; the driver resumes, tracks and assembles.
+
+This is the only module of `pipeline` that imports ray. Every task is a plain call of
+`shards.write_shard`, so what runs on a worker is what the tests run without Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import ray
+from tqdm import tqdm
+
+from manifests import write_manifest
+from manifests.manifest import atomic_write_bytes, dumps_canonical
+
+from .assemble import build_manifest, job_fingerprint, write_timm_info
+from .job_config import GenerateConfig
+from .records import RecordSettings
+from .shards import ShardPlan, load_done, plan_shards, remove_stale_temporaries, write_shard
+from .sources import open_source
+
+log = logging.getLogger("pipeline")
+JOB_FILE = "job.json"
+LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2  # tasks return small dicts; keep /dev/shm use small
+
+
+class JobError(RuntimeError):
+    """The job cannot go on; the message says which shard or setting and why."""
+
+
+@contextmanager
+def ray_session(cfg: GenerateConfig) -> Iterator[None]:
+    """Join RAY_ADDRESS / --address / a running local cluster, else start an embedded one."""
+    if ray.is_initialized():  # the caller owns the session (e.g. a notebook or a test)
+        yield
+        return
+    runtime_env = {"env_vars": {"OMP_NUM_THREADS": "1"}}
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if not address and not cfg.local and Path("/tmp/ray/ray_current_cluster").exists():
+        address = "auto"
+    if address and not cfg.local:
+        ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+    else:
+        ray.init(address="local", num_cpus=cfg.workers, include_dashboard=False,
+                 object_store_memory=LOCAL_OBJECT_STORE_BYTES, runtime_env=runtime_env,
+                 logging_level=logging.WARNING)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _claim_out_dir(out: Path, fingerprint: str, description: dict) -> None:
+    """Refuse to resume into a folder made with other settings: that would mix two sets."""
+    job_file = out / JOB_FILE
+    if job_file.exists():
+        previous = json.loads(job_file.read_text())
+        if previous.get("fingerprint") != fingerprint:
+            raise JobError(
+                f"{out}: holds a shard set made from another source or with other settings "
+                f"(was {previous.get('description')}, now {description}); use a new --out"
+            )
+        return
+    atomic_write_bytes(job_file, dumps_canonical(
+        {"fingerprint": fingerprint, "description": description}).encode())
+
+
+def _write_shards(cfg: GenerateConfig, todo: list[ShardPlan], records: list, settings: RecordSettings,
+                  out: Path, fingerprint: str) -> list[dict]:
+    task = ray.remote(num_cpus=1, max_retries=cfg.max_retries)(write_shard)
+    records_ref = {}
+    pending: dict = {}
+    queue = list(todo)
+    done: list[dict] = []
+    n_skipped = 0
+    bar = tqdm(total=sum(p.stop - p.start for p in todo), unit="rec", desc="sharding",
+               disable=not cfg.progress, smoothing=0.1)
+    with bar:
+        while queue or pending:
+            # Keep a bounded number of shards in flight: enough to overlap, not all at once.
+            while queue and len(pending) < 2 * cfg.workers:
+                plan = queue.pop(0)
+                records_ref = records[plan.start:plan.stop]
+                ref = task.remote(plan, records_ref, settings, str(out), fingerprint)
+                pending[ref] = plan
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                plan = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    raise JobError(
+                        f"shard {plan.name} (records {plan.start}..{plan.stop - 1}) failed after "
+                        f"{cfg.max_retries} retries; rerun to resume the others: {exc}"
+                    ) from exc
+                done.append(result)
+                n_skipped += len(result["skipped"])
+                bar.update(plan.stop - plan.start)
+                bar.set_postfix(shards=f"{len(done)}/{len(todo)}", skipped=n_skipped)
+    return done
+
+
+def run_job(cfg: GenerateConfig) -> Path:
+    """Shard `cfg.source` into `cfg.out`, resuming whatever an earlier run left verified."""
+    source = open_source(cfg.source)
+    records = source.records[: cfg.limit] if cfg.limit else source.records
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = job_fingerprint(cfg, source)
+    _claim_out_dir(out, fingerprint, {"source": cfg.source, **cfg.output_settings()})
+    removed = remove_stale_temporaries(out)
+    settings = RecordSettings(key_prefix=source.kind, class_names=tuple(source.classes),
+                              max_side=cfg.max_side, max_pixels=cfg.max_pixels)
+    plans = plan_shards(len(records), cfg.samples_per_shard)
+    done = [d for p in plans if (d := load_done(out, p, fingerprint)) is not None]
+    todo = [p for p in plans if p.name not in {d["name"] for d in done}]
+    log.info("%d inputs, %d shards: %d verified from an earlier run, %d to write; "
+             "%d stale temporaries removed", len(records), len(plans), len(done), len(todo), removed)
+    if todo:
+        with ray_session(cfg):
+            done += _write_shards(cfg, todo, records, settings, out, fingerprint)
+    manifest = build_manifest(cfg, source, len(records), done)
+    write_manifest(out, manifest)  # last: a manifest means every shard it lists is done
+    write_timm_info(out, manifest)
+    t = manifest["totals"]
+    print(f"wrote {t['shards']} shards, {t['samples']} samples ({t['skipped']} skipped) "
+          f"to {out}; check them with: python -m manifests verify {out}")
+    return out

@@ -1,0 +1,142 @@
+"""Per-record work: read -> decode -> (downscale) -> [segment -> repaint N] -> encode -> sample.
+
+Plain functions: tests call them without Ray. A bad record never raises out of
+`process_record`; it comes back as a skip with the reason, so one file cannot take a shard down.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from manifests import (
+    FIELD_CLS,
+    FIELD_JSON,
+    ImageDecodeError,
+    check_field,
+    decode_image,
+    encode_image,
+    make_key,
+)
+from manifests.imageio import DEFAULT_MAX_PIXELS
+
+from .sources import Record
+
+# Repainting hook (next stage): (image, key) -> {field: bytes}, e.g. {"rp0.jpg": ...}.
+Repainter = Callable[[Image.Image, str], dict[str, bytes]]
+
+
+@dataclass(frozen=True)
+class RecordSettings:
+    key_prefix: str
+    class_names: tuple[str, ...]
+    max_side: int | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass
+class RecordResult:
+    sample: dict[str, Any] | None  # ready for webdataset's TarWriter (bytes values)
+    skip: dict[str, Any] | None  # {"index", "source_id", "reason"}
+    notes: list[str]
+    boxes: int = 0
+
+
+def _resize(image: Image.Image, max_side: int | None) -> tuple[Image.Image, float, float]:
+    w, h = image.size
+    if not max_side or max(w, h) <= max_side:
+        return image, 1.0, 1.0
+    s = max_side / max(w, h)
+    nw, nh = max(1, round(w * s)), max(1, round(h * s))
+    return image.resize((nw, nh), Image.Resampling.BICUBIC), nw / w, nh / h
+
+
+def _scale_box(box: list[float], sx: float, sy: float) -> list[float]:
+    x, y, w, h = box
+    return [x * sx, y * sy, w * sx, h * sy]
+
+
+def _scale_segmentation(seg: Any, sx: float, sy: float) -> Any:
+    if not isinstance(seg, list) or (sx == 1.0 and sy == 1.0):
+        return seg  # RLE masks are not rescaled; their 'size' still names the source size
+    return [[v * (sx if i % 2 == 0 else sy) for i, v in enumerate(poly)] for poly in seg]
+
+
+def _annotations(record: Record, extra: dict, sx: float, sy: float, meta: dict) -> int:
+    """Fill box fields of `meta`, scaled to the stored image; return the number of boxes."""
+    if record.coco is not None:
+        anns = record.coco["annotations"]
+        meta["coco_image_id"] = record.coco["image_id"]
+        meta["boxes"] = [_scale_box(a["bbox"], sx, sy) for a in anns]
+        meta["box_labels"] = [a["label"] for a in anns]
+        meta["category_ids"] = [a["category_id"] for a in anns]
+        meta["annotation_ids"] = [a["id"] for a in anns]
+        meta["iscrowd"] = [a["iscrowd"] for a in anns]
+        meta["areas"] = [None if a["area"] is None else a["area"] * sx * sy for a in anns]
+        meta["segmentations"] = [_scale_segmentation(a["segmentation"], sx, sy) for a in anns]
+        return len(anns)
+    if "boxes" in extra:
+        meta["boxes"] = [_scale_box(b, sx, sy) for b in extra["boxes"]]
+        meta["box_labels"] = extra["box_labels"]
+        return len(extra["boxes"])
+    return 0
+
+
+def process_record(
+    record: Record, settings: RecordSettings, repaint: Repainter | None = None
+) -> RecordResult:
+    skip = {"index": record.index, "source_id": record.source_id}
+    if record.skip_reason:
+        return RecordResult(None, {**skip, "reason": record.skip_reason}, [])
+    try:
+        data, extra = record.read()
+        decoded = decode_image(data, record.source_id, settings.max_pixels)
+    except FileNotFoundError:
+        return RecordResult(None, {**skip, "reason": "file not found"}, [])
+    except ImageDecodeError as exc:
+        return RecordResult(None, {**skip, "reason": exc.reason}, [])
+    except Exception as exc:  # noqa: BLE001 - any failure of one record becomes a recorded skip
+        return RecordResult(None, {**skip, "reason": f"{type(exc).__name__}: {exc}"}, [])
+
+    image = decoded.image
+    if record.coco is not None and image.size != (record.coco["width"], record.coco["height"]):
+        declared = f"{record.coco['width']}x{record.coco['height']}"
+        reason = f"image is {image.width}x{image.height} but the annotations declare {declared}"
+        return RecordResult(None, {**skip, "reason": reason}, decoded.notes)
+    source_size = image.size
+    image, sx, sy = _resize(image, settings.max_side)
+    key = make_key(settings.key_prefix, record.index)
+
+    # Keep the file's own bytes when the pixels are exactly what it holds: no re-encoding loss.
+    passthrough = decoded.unchanged and image.size == source_size and decoded.format in ("JPEG", "PNG")
+    ext = "jpg" if decoded.format == "JPEG" else "png"
+    image_bytes = data if passthrough else encode_image(image, ext)
+
+    label = extra.get("label", record.label)
+    meta: dict[str, Any] = {
+        "key": key, "index": record.index, "source_id": record.source_id,
+        "width": image.width, "height": image.height,
+        "source_width": source_size[0], "source_height": source_size[1], "scale": [sx, sy],
+        "stored": "source bytes" if passthrough else f"re-encoded {ext}",
+        "decode_notes": decoded.notes + record.notes,
+    }
+    if label is not None:
+        meta["label"] = label
+        meta["class_name"] = settings.class_names[label]
+    n_boxes = _annotations(record, extra, sx, sy, meta)
+
+    sample: dict[str, Any] = {"__key__": key, ext: image_bytes}
+    if label is not None:
+        sample[FIELD_CLS] = str(label).encode()
+    if repaint is not None:
+        sample.update(repaint(image, key))
+    meta["fields"] = sorted(k for k in sample if k != "__key__") + [FIELD_JSON]
+    sample[FIELD_JSON] = json.dumps(meta, sort_keys=True, ensure_ascii=True).encode()
+    for field_name in sample:
+        if field_name != "__key__":
+            check_field(field_name)
+    return RecordResult(sample, None, decoded.notes, n_boxes)

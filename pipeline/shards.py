@@ -1,0 +1,115 @@
+"""Writing one shard atomically, recording it as done, and deciding what a resumed job redoes.
+
+A shard is written under a unique temporary name, fsynced and renamed; it counts as done only once
+its done-record (sha256, bytes, samples, skips) is in `.progress/`. A resume re-hashes every shard
+against its record, keeps what verifies and redoes the rest. No Ray here: the job calls these.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import webdataset as wds
+
+from manifests import shard_name
+from manifests.manifest import atomic_write_bytes, dumps_canonical, fsync_dir, sha256_file
+
+from .records import RecordResult, RecordSettings, Repainter, process_record
+from .sources import Record
+
+PROGRESS_DIR = ".progress"
+TEMP_SUFFIX = ".partial"
+TAR_MTIME = 0  # fixed member metadata: same content, same bytes
+TAR_OWNER = "repaint"
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    index: int
+    start: int  # first record index (inclusive)
+    stop: int  # last record index (exclusive)
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.index)
+
+
+def plan_shards(n_records: int, per_shard: int) -> list[ShardPlan]:
+    """Records go to shards by index alone, so the layout never depends on worker count."""
+    if per_shard <= 0:
+        raise ValueError(f"samples per shard must be > 0, got {per_shard}")
+    return [ShardPlan(i, s, min(s + per_shard, n_records))
+            for i, s in enumerate(range(0, n_records, per_shard))]
+
+
+def write_shard(
+    plan: ShardPlan, records: list[Record], settings: RecordSettings, out_dir: str,
+    fingerprint: str, repaint: Repainter | None = None,
+) -> dict:
+    """Process `records` into shard `plan.name` under `out_dir`; return its done-record."""
+    out = Path(out_dir)
+    final = out / plan.name
+    tmp = out / f".{plan.name}.{os.getpid()}.{os.urandom(4).hex()}{TEMP_SUFFIX}"
+    skipped, notes, n_boxes, keys = [], Counter(), 0, []
+    try:
+        with open(tmp, "wb") as f:
+            with wds.TarWriter(f, encoder=False, mtime=TAR_MTIME, user=TAR_OWNER,
+                               group=TAR_OWNER) as writer:
+                for record in records:
+                    result: RecordResult = process_record(record, settings, repaint)
+                    notes.update(result.notes)
+                    if result.skip is not None:
+                        skipped.append(result.skip)
+                        continue
+                    writer.write(result.sample)
+                    keys.append(result.sample["__key__"])
+                    n_boxes += result.boxes
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        fsync_dir(out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    done = {
+        "name": plan.name, "index": plan.index, "start": plan.start, "stop": plan.stop,
+        "bytes": final.stat().st_size, "sha256": sha256_file(final), "samples": len(keys),
+        "first_key": keys[0] if keys else None, "last_key": keys[-1] if keys else None,
+        "skipped": skipped, "conversions": dict(sorted(notes.items())), "boxes": n_boxes,
+        "fingerprint": fingerprint,
+    }
+    progress = out / PROGRESS_DIR
+    progress.mkdir(exist_ok=True)
+    atomic_write_bytes(progress / f"{plan.name}.json", dumps_canonical(done).encode())
+    return done
+
+
+def remove_stale_temporaries(out_dir: str | Path) -> int:
+    """Temporaries left by a killed run are never reused; remove them and say how many."""
+    stale = [p for p in Path(out_dir).glob(f".*{TEMP_SUFFIX}")]
+    stale += list(Path(out_dir).glob(f"{PROGRESS_DIR}/.*.tmp")) + list(Path(out_dir).glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
+def load_done(out_dir: str | Path, plan: ShardPlan, fingerprint: str) -> dict | None:
+    """The done-record of a shard if the shard on disk still matches it, else None."""
+    out = Path(out_dir)
+    record_path = out / PROGRESS_DIR / f"{plan.name}.json"
+    shard = out / plan.name
+    try:
+        done = json.loads(record_path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if done.get("fingerprint") != fingerprint or (done["start"], done["stop"]) != (plan.start, plan.stop):
+        return None
+    if not shard.is_file() or shard.stat().st_size != done["bytes"]:
+        return None
+    if sha256_file(shard) != done["sha256"]:
+        return None
+    return done
