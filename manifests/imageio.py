@@ -99,7 +99,7 @@ def decode_image(
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageDecodeError(name, f"decompression bomb refused: {exc}") from None
         except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageDecodeError(name, f"unreadable image header: {exc}") from None
+            raise ImageDecodeError(name, f"truncated or corrupt image header: {exc}") from None
         fmt = img.format or ""
         width, height = img.size
         if width * height > max_pixels:

@@ -89,7 +89,7 @@ def image_folder_source(root: str | Path) -> Source:
                                 class_name=display_name(class_b))
                 if display_name(rel) != os.fsdecode(rel):
                     record.notes.append("file name is not valid UTF-8; shown with \\x escapes")
-                if not name.lower().endswith(IMAGE_EXTENSIONS):
+                if not os.fsdecode(name).lower().endswith(IMAGE_EXTENSIONS):
                     record.skip_reason = "not an image file extension (torchvision's IMG_EXTENSIONS)"
                 records.append(record)
     provenance = {"kind": "imagefolder", "root": display_name(root_b), "files": len(listing),

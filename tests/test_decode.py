@@ -1,0 +1,69 @@
+"""The safe decode: every bad file gets an error naming it; every conversion is announced."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from manifests import ImageDecodeError, decode_image
+from tests.badinputs import awkward_files, bad_files, jpeg_bytes, png_bytes
+
+EXPECTED_ERRORS = {
+    "truncated.jpg": "truncated or corrupt",
+    "truncated.png": "truncated or corrupt",
+    "empty.jpg": "empty file (0 bytes)",
+    "page.jpg": "not a recognised image (looks like HTML/XML text)",
+    "bomb.png": "400000000 pixels",
+    "float.tiff": "32-bit float image is not supported",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_ERRORS))
+def test_bad_files_raise_an_error_naming_the_file(name):
+    data = bad_files()[name]
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(data, f"some/dir/{name}")
+    assert str(info.value).startswith(f"some/dir/{name}: ")
+    assert EXPECTED_ERRORS[name] in info.value.reason
+    if name == "bomb.png":
+        assert "bomb" in info.value.reason
+
+
+EXPECTED_NOTES = {
+    "cmyk.jpg": "CMYK converted to RGB",
+    "gray16.png": "16-bit grayscale scaled to 8-bit",
+    "rgb16.png": "16-bit per channel reduced to 8-bit",
+    "gray.png": "grayscale expanded to RGB",
+    "palette_alpha.png": "palette expanded to RGB, alpha channel dropped",
+    "rotated.jpg": "EXIF orientation 6 applied",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_NOTES))
+def test_awkward_files_decode_to_rgb_with_an_announced_conversion(name):
+    decoded = decode_image(awkward_files()[name], name)
+    assert decoded.image.mode == "RGB"
+    assert any(EXPECTED_NOTES[name] in note for note in decoded.notes), decoded.notes
+    assert not decoded.unchanged
+
+
+def test_16bit_is_scaled_not_clipped():
+    decoded = decode_image(awkward_files()["gray16.png"], "gray16.png")
+    # 51400 >> 8 == 200; clipping to 255 would give 255
+    assert np.asarray(decoded.image)[0, 0, 0] == 200
+
+
+def test_exif_orientation_is_applied():
+    decoded = decode_image(awkward_files()["rotated.jpg"], "rotated.jpg")
+    assert decoded.image.size == (16, 24)  # stored 24x16, displayed rotated
+
+
+def test_plain_rgb_files_are_unchanged():
+    for data, fmt in ((jpeg_bytes(), "JPEG"), (png_bytes(), "PNG")):
+        decoded = decode_image(data, "x")
+        assert decoded.unchanged and decoded.format == fmt and decoded.image.size == (24, 16)
+
+
+def test_pixel_cap_is_configurable():
+    with pytest.raises(ImageDecodeError, match="above the cap of 100"):
+        decode_image(png_bytes(), "small.png", max_pixels=100)
