@@ -164,7 +164,7 @@ class ShardProblem:
     found: Any
 
     def __str__(self) -> str:
-        return f"{self.shard}: {self.what} mismatch: expected {self.expected}, found {self.found}"
+        return f"{self.shard}: {self.what}: expected {self.expected}, found {self.found}"
 
 
 def verify_shard_set(path: str | os.PathLike, check_sha256: bool = True) -> list[ShardProblem]:
@@ -176,20 +176,20 @@ def verify_shard_set(path: str | os.PathLike, check_sha256: bool = True) -> list
         name = shard["name"]
         file = mpath.parent / name
         if not file.is_file():
-            problems.append(ShardProblem(name, "presence", "a file", "nothing"))
+            problems.append(ShardProblem(name, "missing", "a file", "nothing"))
             continue
         size = file.stat().st_size
         if size != shard["bytes"]:
-            problems.append(ShardProblem(name, "size", f"{shard['bytes']} bytes", f"{size} bytes"))
+            problems.append(ShardProblem(name, "size mismatch", f"{shard['bytes']} bytes", f"{size} bytes"))
         if check_sha256:
             digest = sha256_file(file)
             if digest != shard["sha256"]:
-                problems.append(ShardProblem(name, "sha256", shard["sha256"], digest))
+                problems.append(ShardProblem(name, "sha256 mismatch", shard["sha256"], digest))
         try:
             found = inspect_shard(file)["samples"]
         except (tarfile.TarError, ContractError, OSError) as exc:
-            problems.append(ShardProblem(name, "readability", "a readable tar", f"error: {exc}"))
+            problems.append(ShardProblem(name, "unreadable", "a readable tar", f"error: {exc}"))
             continue
         if found != shard["samples"]:
-            problems.append(ShardProblem(name, "sample count", shard["samples"], found))
+            problems.append(ShardProblem(name, "sample count mismatch", shard["samples"], found))
     return problems

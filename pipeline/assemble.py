@@ -79,7 +79,7 @@ def build_manifest(cfg: GenerateConfig, source: Source, n_inputs: int, done: lis
 def write_timm_info(out: Path, manifest: dict) -> None:
     """`_info.json` in timm's wds layout, so `timm` reads the set with `--dataset wds/...`."""
     shards = manifest["shards"]
-    info = {"name": out.name, "splits": {"train": {
+    info = {"name": manifest["source"]["kind"], "splits": {"train": {
         "name": "train", "num_samples": manifest["totals"]["samples"],
         "filenames": [s["name"] for s in shards], "shard_lengths": [s["samples"] for s in shards],
     }}}

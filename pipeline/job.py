@@ -44,9 +44,16 @@ def ray_session(cfg: GenerateConfig) -> Iterator[None]:
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if not address and not cfg.local and Path("/tmp/ray/ray_current_cluster").exists():
         address = "auto"
+    started = False
     if address and not cfg.local:
-        ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
-    else:
+        try:
+            ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+            started = True
+        except ConnectionError:
+            if address != "auto":  # an address the user named must be reachable
+                raise
+            log.warning("no live cluster behind /tmp/ray/ray_current_cluster; starting one")
+    if not started:
         ray.init(address="local", num_cpus=cfg.workers, include_dashboard=False,
                  object_store_memory=LOCAL_OBJECT_STORE_BYTES, runtime_env=runtime_env,
                  logging_level=logging.WARNING)
