@@ -64,7 +64,7 @@ def test_bad_source_specs_are_refused(tmp_path):
 
 def test_demo_is_deterministic_and_labelled():
     a, b = demo_source(8, 64), demo_source(8, 64)
-    for ra, rb in zip(a.records, b.records):
+    for ra, rb in zip(a.records, b.records, strict=True):
         assert ra.read() == rb.read()
     data, extra = a.records[0].read()
     assert Image.open(io.BytesIO(data)).size == (64, 64)
