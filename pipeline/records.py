@@ -6,6 +6,7 @@ Plain functions: tests call them without Ray. A bad record never raises out of
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,6 +87,14 @@ def _annotations(record: Record, extra: dict, sx: float, sy: float, meta: dict) 
     return 0
 
 
+@functools.lru_cache(maxsize=64)
+def _check_fields(fields: tuple[str, ...]) -> None:
+    """Every field against the contract's allowlist; cached, as a record's field set repeats."""
+    for field_name in fields:
+        if field_name != "__key__":
+            check_field(field_name)
+
+
 def process_record(
     record: Record, settings: RecordSettings, repaint: Repainter | None = None
 ) -> RecordResult:
@@ -136,7 +145,5 @@ def process_record(
         sample.update(repaint(image, key))
     meta["fields"] = sorted(k for k in sample if k != "__key__") + [FIELD_JSON]
     sample[FIELD_JSON] = json.dumps(meta, sort_keys=True, ensure_ascii=True).encode()
-    for field_name in sample:
-        if field_name != "__key__":
-            check_field(field_name)
+    _check_fields(tuple(sample))
     return RecordResult(sample, None, decoded.notes, n_boxes)

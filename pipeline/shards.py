@@ -13,13 +13,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import webdataset as wds
-
 from manifests import shard_name
 from manifests.manifest import atomic_write_bytes, dumps_canonical, fsync_dir, sha256_file
 
 from .records import RecordResult, RecordSettings, Repainter, process_record
 from .sources import Record
+from .tarwriter import ShardTarWriter
 
 PROGRESS_DIR = ".progress"
 TEMP_SUFFIX = ".partial"
@@ -57,8 +56,7 @@ def write_shard(
     skipped, notes, n_boxes, keys = [], Counter(), 0, []
     try:
         with open(tmp, "wb") as f:
-            with wds.TarWriter(f, encoder=False, mtime=TAR_MTIME, user=TAR_OWNER,
-                               group=TAR_OWNER) as writer:
+            with ShardTarWriter(f, owner=TAR_OWNER, mtime=TAR_MTIME) as writer:
                 for record in records:
                     result: RecordResult = process_record(record, settings, repaint)
                     notes.update(result.notes)
@@ -70,6 +68,7 @@ def write_shard(
                     n_boxes += result.boxes
             f.flush()
             os.fsync(f.fileno())
+        digest, size = writer.sha256.hexdigest(), writer.size
         os.replace(tmp, final)
         fsync_dir(out)
     finally:
@@ -77,7 +76,7 @@ def write_shard(
             tmp.unlink()
     done = {
         "name": plan.name, "index": plan.index, "start": plan.start, "stop": plan.stop,
-        "bytes": final.stat().st_size, "sha256": sha256_file(final), "samples": len(keys),
+        "bytes": size, "sha256": digest, "samples": len(keys),
         "first_key": keys[0] if keys else None, "last_key": keys[-1] if keys else None,
         "skipped": skipped, "conversions": dict(sorted(notes.items())), "boxes": n_boxes,
         "fingerprint": fingerprint,

@@ -1,0 +1,113 @@
+"""Records/s of the sharding job (1 and 2 Ray workers) vs bare single-process loops, same images.
+
+    python bench/bench_shard_job.py [--images 5000] [--samples-per-shard 250]
+
+Baselines, one process, no Ray, no tar: (a) decode + re-encode each image (JPEG q95), the
+classic "convert a folder" loop; (b) decode only, which is the per-record work the job really
+does when a file can be stored as is. Ray's cluster start-up is timed apart and excluded from the
+job's rate (it is paid once per job, not per record); everything after it is included: listing the
+source, scheduling, decoding, tar writing, fsync, hashing, the manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import shutil
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR = REPO.parent / "shared" / "data" / "cifar10" / "train.tar"
+
+
+def extract(n_images: int, target: Path) -> Path:
+    per_class = n_images // 10
+    counts: dict[str, int] = {}
+    with tarfile.open(CIFAR) as tar:
+        for member in tar:
+            parts = Path(member.name).parts
+            if not member.isfile() or len(parts) < 3 or counts.get(parts[-2], 0) >= per_class:
+                if len(counts) == 10 and min(counts.values()) >= per_class:
+                    break
+                continue
+            counts[parts[-2]] = counts.get(parts[-2], 0) + 1
+            out = target / parts[-2] / parts[-1]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(tar.extractfile(member).read())
+    return target
+
+
+def bare_loop(files: list[Path], reencode: bool) -> float:
+    start = time.perf_counter()
+    for path in files:
+        with Image.open(io.BytesIO(path.read_bytes())) as img:
+            rgb = img.convert("RGB")
+            if reencode:
+                rgb.save(io.BytesIO(), format="JPEG", quality=95, subsampling=0)
+    return len(files) / (time.perf_counter() - start)
+
+
+def job_rate(root: Path, out: Path, workers: int, per_shard: int) -> tuple[float, float]:
+    import ray
+
+    from pipeline.job import run_job
+    from pipeline.job_config import GenerateConfig
+
+    start = time.perf_counter()
+    ray.init(address="local", num_cpus=workers, include_dashboard=False,
+             object_store_memory=256 * 1024**2, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+
+    @ray.remote(num_cpus=1)
+    def warm() -> None:
+        import pipeline.shards  # noqa: F401  (worker start-up and imports: part of cluster start)
+
+    ray.get([warm.remote() for _ in range(workers)])
+    startup = time.perf_counter() - start
+    try:
+        start = time.perf_counter()
+        run_job(GenerateConfig(source=f"imagefolder:{root}", out=str(out), workers=workers,
+                               samples_per_shard=per_shard, progress=False))
+        elapsed = time.perf_counter() - start
+    finally:
+        ray.shutdown()
+    n = sum(1 for _ in root.rglob("*.jpg"))
+    return n / elapsed, startup
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--samples-per-shard", type=int, default=250)
+    args = parser.parse_args()
+    if not CIFAR.exists():
+        raise SystemExit(f"needs {CIFAR} (the project's shared data)")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    work = Path(tempfile.mkdtemp(prefix="bench_shard_"))
+    try:
+        root = extract(args.images, work / "cifar")
+        files = sorted(root.rglob("*.jpg"))
+        bare_loop(files[:200], reencode=True)  # warm the page cache and Pillow
+        reencode = bare_loop(files, reencode=True)
+        decode = bare_loop(files, reencode=False)
+        print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+        print(f"{len(files)} CIFAR-10 images, {args.samples_per_shard} per shard")
+        print(f"bare loop decode+re-encode : {reencode:8.0f} rec/s")
+        print(f"bare loop decode only      : {decode:8.0f} rec/s")
+        for workers in (1, 2):
+            rate, startup = job_rate(root, work / f"out{workers}", workers, args.samples_per_shard)
+            print(f"job, {workers} worker(s)           : {rate:8.0f} rec/s   "
+                  f"x{rate / reencode:.2f} vs decode+re-encode, x{rate / decode:.2f} vs decode only"
+                  f"   (cluster start {startup:.1f} s, excluded)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
