@@ -54,7 +54,7 @@ def bare_loop(files: list[Path], reencode: bool) -> float:
     return len(files) / (time.perf_counter() - start)
 
 
-def job_rate(root: Path, out: Path, workers: int, per_shard: int) -> tuple[float, float]:
+def job_rate(root: Path, out: Path, workers: int, per_shard: int, ray_temp: str) -> tuple[float, float]:
     import ray
 
     from pipeline.job import run_job
@@ -62,7 +62,8 @@ def job_rate(root: Path, out: Path, workers: int, per_shard: int) -> tuple[float
 
     start = time.perf_counter()
     ray.init(address="local", num_cpus=workers, include_dashboard=False,
-             object_store_memory=256 * 1024**2, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+             object_store_memory=256 * 1024**2, _temp_dir=ray_temp,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
 
     @ray.remote(num_cpus=1)
     def warm() -> None:
@@ -90,6 +91,7 @@ def main() -> None:
         raise SystemExit(f"needs {CIFAR} (the project's shared data)")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     work = Path(tempfile.mkdtemp(prefix="bench_shard_"))
+    ray_temp = tempfile.mkdtemp(prefix="rb", dir="/tmp")  # short: Ray's socket paths are limited
     try:
         root = extract(args.images, work / "cifar")
         files = sorted(root.rglob("*.jpg"))
@@ -101,12 +103,13 @@ def main() -> None:
         print(f"bare loop decode+re-encode : {reencode:8.0f} rec/s")
         print(f"bare loop decode only      : {decode:8.0f} rec/s")
         for workers in (1, 2):
-            rate, startup = job_rate(root, work / f"out{workers}", workers, args.samples_per_shard)
+            rate, startup = job_rate(root, work / f"out{workers}", workers, args.samples_per_shard, ray_temp)
             print(f"job, {workers} worker(s)           : {rate:8.0f} rec/s   "
                   f"x{rate / reencode:.2f} vs decode+re-encode, x{rate / decode:.2f} vs decode only"
                   f"   (cluster start {startup:.1f} s, excluded)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(ray_temp, ignore_errors=True)
 
 
 if __name__ == "__main__":
