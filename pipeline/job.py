@@ -81,7 +81,6 @@ def _claim_out_dir(out: Path, fingerprint: str, description: dict) -> None:
 def _write_shards(cfg: GenerateConfig, todo: list[ShardPlan], records: list, settings: RecordSettings,
                   out: Path, fingerprint: str) -> list[dict]:
     task = ray.remote(num_cpus=1, max_retries=cfg.max_retries)(write_shard)
-    records_ref = {}
     pending: dict = {}
     queue = list(todo)
     done: list[dict] = []
@@ -93,8 +92,7 @@ def _write_shards(cfg: GenerateConfig, todo: list[ShardPlan], records: list, set
             # Keep a bounded number of shards in flight: enough to overlap, not all at once.
             while queue and len(pending) < 2 * cfg.workers:
                 plan = queue.pop(0)
-                records_ref = records[plan.start:plan.stop]
-                ref = task.remote(plan, records_ref, settings, str(out), fingerprint)
+                ref = task.remote(plan, records[plan.start:plan.stop], settings, str(out), fingerprint)
                 pending[ref] = plan
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -134,3 +135,28 @@ def test_bad_inputs_are_skipped_and_accounted(ray_address, tmp_path, capsys):
     assert manifests_cli(["show", str(tmp_path / "out")]) == 0
     shown = capsys.readouterr().out
     assert "inputs      13 = 7 written + 6 skipped" in shown and "empty file (0 bytes)" in shown
+
+
+def test_a_record_that_kills_its_worker_fails_the_job_after_bounded_retries(ray_address, tmp_path):
+    from pipeline.job import _write_shards
+    from pipeline.records import RecordSettings
+    from pipeline.shards import plan_shards
+    from pipeline.sources import Record
+
+    class PoisonRecord(Record):  # defined here so Ray ships it by value to the worker
+        def read(self):
+            os._exit(1)  # a crash no try/except can catch: segfault, OOM kill
+
+    records = [PoisonRecord(0, "poison/0")]
+    cfg = GenerateConfig(source="demo", out=str(tmp_path), max_retries=1, progress=False)
+    settings = RecordSettings(key_prefix="demo", class_names=("a",))
+    with pytest.raises(JobError, match=r"shard shard-000000.tar \(records 0..0\) failed after 1 retries"):
+        _write_shards(cfg, plan_shards(1, 1), records, settings, tmp_path, "fp")
+    assert not list(tmp_path.glob("shard-*.tar"))
+
+
+def test_limit_takes_the_first_records(ray_address, tmp_path):
+    manifest = _run("demo:64:64", tmp_path, samples_per_shard=4, limit=10)
+    assert manifest["totals"]["inputs"] == manifest["totals"]["samples"] == 10
+    assert [s["samples"] for s in manifest["shards"]] == [4, 4, 2]
+    assert manifest["shards"][-1]["last_key"] == "demo-00000009"

@@ -1,0 +1,45 @@
+"""The entry script's answers to wrong flags and bad sources, before any Ray work starts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("generate", REPO / "pipeline" / "generate.py")
+_generate = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_generate)
+main = _generate.main
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--workers", "0"], "invalid value for --workers"),
+    (["--samples-per-shard", "-1"], "invalid value for --samples-per-shard"),
+    (["--variants", "2"], "--variants > 0 needs the repainter"),
+    (["--source", "imagefolder:/x"], "--out is required for imagefolder: and coco: sources"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_wrong_flags_exit_2_with_the_reason(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_malformed_coco_stops_the_job_naming_file_and_annotation(tmp_path, capsys):
+    ann = tmp_path / "instances_x.json"
+    ann.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 4, "height": 4}],
+        "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [0, 0, -1, 2]}],
+        "categories": [{"id": 1, "name": "x"}]}))
+    code = main(["--source", f"coco:{ann}:{tmp_path}", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and f"{ann}: annotation id 5: bbox has negative width or height" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_image_folder_is_named(tmp_path, capsys):
+    assert main(["--source", f"imagefolder:{tmp_path / 'nope'}", "--out", str(tmp_path / "o")]) == 1
+    assert f"{tmp_path / 'nope'}: not a directory" in capsys.readouterr().err
