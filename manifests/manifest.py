@@ -6,10 +6,12 @@ import hashlib
 import json
 import os
 import tarfile
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from .contract import (
     FORMAT_NAME,
@@ -114,16 +116,41 @@ def validate_manifest(manifest: Any, where: str) -> None:
             raise ManifestError(f"{where}: shard #{i}: {exc}") from None
 
 
-def shard_urls(path: str | os.PathLike) -> list[str]:
+def _is_remote(location: str) -> bool:
+    return urlparse(location).scheme in ("http", "https")
+
+
+def load_manifest(location: str | os.PathLike) -> tuple[dict, str]:
+    """Read a manifest from a folder, a file or an allowlisted http(s) URL; return it and its base.
+
+    The location itself is checked against the URL allowlist before anything is opened.
+    """
+    location = str(location)
+    check_shard_url(location)
+    if not _is_remote(location):
+        mpath = manifest_path(location)
+        return read_manifest(mpath), str(mpath.parent)
+    url = location if location.endswith(".json") else location.rstrip("/") + "/" + MANIFEST_NAME
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (scheme checked)
+            manifest = json.loads(response.read())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{url}: cannot read the manifest: {exc}") from None
+    validate_manifest(manifest, url)
+    return manifest, url.rsplit("/", 1)[0]
+
+
+def shard_urls(location: str | os.PathLike) -> list[str]:
     """The checked URL of every shard a manifest lists, relative names resolved beside it."""
-    mpath = manifest_path(path)
-    manifest = read_manifest(mpath)
-    base = mpath.parent
-    urls = []
-    for shard in manifest["shards"]:
-        name = check_shard_url(shard["name"])
-        urls.append(name if "://" in name else str(base / name))
-    return urls
+    manifest, base = load_manifest(location)
+    return [resolve_shard(base, shard["name"]) for shard in manifest["shards"]]
+
+
+def resolve_shard(base: str, name: str) -> str:
+    check_shard_url(name)
+    if "://" in name or os.path.isabs(name):
+        return name
+    return f"{base}/{name}" if _is_remote(base) else str(Path(base) / name)
 
 
 def iter_tar_samples(path: str | os.PathLike) -> Iterator[tuple[str, list[str]]]:

@@ -1,0 +1,217 @@
+"""Streaming a shard set for training and evaluation, with webdataset's tar iterators.
+
+Declared as stages (webdataset style): shard list for (epoch, rank, worker) -> open -> tar
+members -> samples -> count check -> shuffle -> variant choice + explicit decode -> transform.
+Nothing here unpickles: only image fields and `cls` are ever decoded, and a sample holding a
+field outside the contract's allowlist (e.g. `pyd`, `pth`) is skipped and counted.
+
+Every random draw is derived from (seed, epoch, key) or (seed, epoch, worker), so a run is the
+same whatever the number of loader workers per rank, and a resumed epoch can skip batches
+without decoding them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+from webdataset.filters import shuffle as wds_shuffle
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from manifests import ContractError, check_field, decode_image, load_manifest, resolve_shard
+from manifests.contract import ORIGINAL_FIELDS
+
+log = logging.getLogger("train.stream")
+
+
+def derive_seed(*parts: Any) -> int:
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+@dataclass(frozen=True)
+class Shard:
+    url: str
+    samples: int
+    sha256: str
+
+
+@dataclass
+class ShardSet:
+    shards: list[Shard]
+    classes: list[str]
+    variants: int
+    location: str
+
+    @property
+    def samples(self) -> int:
+        return sum(s.samples for s in self.shards)
+
+
+def open_shard_set(location: str) -> ShardSet:
+    """Read the manifest (folder, file or http URL); every shard URL is checked first."""
+    manifest, base = load_manifest(location)
+    shards = [Shard(resolve_shard(base, s["name"]), s["samples"], s["sha256"]) for s in manifest["shards"]]
+    return ShardSet(shards, list(manifest.get("classes") or []), int(manifest["variants"]), location)
+
+
+def open_stream(url: str):
+    if url.startswith(("http://", "https://")):
+        return urllib.request.urlopen(url, timeout=60)  # noqa: S310 (allowlisted by the contract)
+    return open(url.removeprefix("file://"), "rb")
+
+
+@dataclass
+class BadSamples:
+    """Skipped samples and shards, with where and why; past `limit` the run stops with the list."""
+
+    limit: int
+    entries: list[tuple[str, str, str]] = field(default_factory=list)  # (url, key, reason)
+    pending: int = 0  # not yet reported to the consumer
+
+    def add(self, url: str, key: str, reason: str, count: int = 1) -> None:
+        self.entries.append((url, key, reason))
+        self.pending += count
+        log.warning("skipped %s %s: %s", url, key or "", reason)
+        if len(self.entries) > self.limit:
+            listing = "\n".join(f"  {u} {k}: {r}" for u, k, r in self.entries)
+            raise RuntimeError(f"more than {self.limit} bad samples or shards (--max-bad); stopping:\n{listing}")
+
+    def take(self) -> int:
+        count, self.pending = self.pending, 0
+        return count
+
+
+def counted_samples(urls: Iterator[str], expected: dict[str, int], bad: BadSamples) -> Iterator[dict]:
+    """Samples of each shard in turn; a tar error or a short shard is counted, never silent."""
+    for url in urls:
+        seen = 0
+
+        def on_error(exn: Exception, url: str = url) -> bool:
+            bad.add(url, "", f"unreadable tar: {exn}")
+            return True
+
+        try:
+            stream = open_stream(url)
+        except OSError as exc:
+            bad.add(url, "", f"cannot open: {exc}", count=expected[url])
+            continue
+        with stream:
+            files = tar_file_expander([{"url": url, "stream": stream}], handler=on_error)
+            for sample in group_by_keys(files, handler=on_error):
+                seen += 1
+                yield sample
+        if seen < expected[url]:  # a tar cut at a header boundary reads short with no error
+            bad.add(url, "", f"short shard: manifest says {expected[url]} samples, read {seen}",
+                    count=expected[url] - seen)
+
+
+def choose_field(sample: dict, seed: int, epoch: int, orig_prob: float, use_variants: bool) -> str:
+    """One of the sample's variants, or the original with probability `orig_prob`."""
+    original = next((f for f in ORIGINAL_FIELDS if f in sample), None)
+    if original is None:
+        raise ValueError("no original image field (jpg/png)")
+    variants = sorted(f for f in sample if f.startswith("rp") and f.endswith((".jpg", ".png")))
+    if not use_variants or not variants:
+        return original
+    rng = random.Random(derive_seed(seed, epoch, sample["__key__"], "variant"))
+    return original if rng.random() < orig_prob else rng.choice(variants)
+
+
+def decode_sample(sample: dict, image_field: str, transform: Callable, aug_seed: int | None):
+    for name in sample:
+        if not name.startswith("__"):
+            check_field(name)  # a pickle member makes the sample bad; it is never decoded
+    if "cls" not in sample:
+        raise ValueError("no 'cls' field: this shard set has no class labels (a detection set?)")
+    image = decode_image(sample[image_field], f"{sample['__url__']}:{sample['__key__']}.{image_field}").image
+    if aug_seed is not None:  # per-sample augmentation draws, independent of worker layout
+        random.seed(aug_seed)
+        torch.manual_seed(aug_seed)
+    return transform(image), int(sample["cls"])
+
+
+class TrainStream(IterableDataset):
+    """Exactly `steps * batch_size` samples per rank per epoch, split over the loader's workers."""
+
+    def __init__(self, shard_set: ShardSet, transform: Callable, batch_size: int, steps: int, rank: int,
+                 world: int, seed: int, orig_prob: float, use_variants: bool, max_bad: int,
+                 shuffle_buffer: int = 1000):
+        self.shard_set, self.transform, self.batch_size, self.steps = shard_set, transform, batch_size, steps
+        self.rank, self.world, self.seed = rank, world, seed
+        self.orig_prob, self.use_variants, self.max_bad = orig_prob, use_variants, max_bad
+        self.shuffle_buffer = shuffle_buffer
+        self.epoch, self.start_step = 0, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = epoch, start_step
+
+    def _urls(self, global_worker: int, global_workers: int) -> Iterator[str]:
+        """Endless passes over the set, reshuffled each pass with a seed every rank shares."""
+        urls = [s.url for s in self.shard_set.shards]
+        for pass_index in range(1 << 30):
+            order = list(urls)
+            random.Random(derive_seed(self.seed, self.epoch, pass_index, "shards")).shuffle(order)
+            if len(order) >= global_workers:
+                yield from order[global_worker::global_workers]
+            else:  # fewer shards than workers: every worker still gets one, resampled
+                yield order[(global_worker + pass_index * global_workers) % len(order)]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int, int]]:
+        info = get_worker_info()
+        n_workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        # Batch i of the epoch comes from worker i % n_workers (DataLoader's round robin).
+        quota = self.steps // n_workers + (worker < self.steps % n_workers)
+        skip = self.start_step // n_workers + (worker < self.start_step % n_workers)
+        global_worker = self.rank * n_workers + worker
+        bad = BadSamples(self.max_bad)
+        expected = {s.url: s.samples for s in self.shard_set.shards}
+        samples = counted_samples(self._urls(global_worker, self.world * n_workers), expected, bad)
+        rng = random.Random(derive_seed(self.seed, self.epoch, global_worker, "shuffle"))
+        samples = wds_shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer // 2, rng=rng)(samples)
+        wanted, skipped = (quota - skip) * self.batch_size, 0
+        for sample in samples:
+            if skipped < skip * self.batch_size:  # resuming mid-epoch: skip before decoding
+                skipped += 1
+                continue
+            try:
+                name = choose_field(sample, self.seed, self.epoch, self.orig_prob, self.use_variants)
+                aug_seed = derive_seed(self.seed, self.epoch, sample["__key__"], "aug")
+                image, target = decode_sample(sample, name, self.transform, aug_seed)
+            except (ValueError, ContractError) as exc:
+                bad.add(sample.get("__url__", "?"), sample.get("__key__", "?"), str(exc))
+                continue
+            yield image, target, bad.take()
+            wanted -= 1
+            if wanted == 0:
+                return
+
+
+class EvalStream(IterableDataset):
+    """Every original exactly once across ranks and workers; no shuffling, no variants."""
+
+    def __init__(self, shard_set: ShardSet, transform: Callable, rank: int, world: int, max_bad: int):
+        self.shard_set, self.transform, self.rank, self.world = shard_set, transform, rank, world
+        self.max_bad = max_bad
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int, int]]:
+        info = get_worker_info()
+        n_workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        mine = self.shard_set.shards[self.rank * n_workers + worker::self.world * n_workers]
+        bad = BadSamples(self.max_bad)
+        expected = {s.url: s.samples for s in mine}
+        for sample in counted_samples(iter(expected), expected, bad):
+            try:
+                name = choose_field(sample, 0, 0, 1.0, use_variants=False)
+                image, target = decode_sample(sample, name, self.transform, aug_seed=None)
+            except (ValueError, ContractError) as exc:
+                bad.add(sample.get("__url__", "?"), sample.get("__key__", "?"), str(exc))
+                continue
+            yield image, target, bad.take()
