@@ -34,6 +34,6 @@ __all__ = [
     "ALLOWED_EXTENSIONS", "FIELD_CLS", "FIELD_JSON", "FORMAT_VERSION", "MANIFEST_NAME",
     "ContractError", "DecodedImage", "ImageDecodeError", "ManifestError", "ShardProblem",
     "check_field", "check_key", "check_shard_url", "decode_image", "encode_image", "inspect_shard",
-    "load_manifest", "make_key", "read_manifest", "resolve_shard", "shard_name", "shard_urls", "variant_field", "verify_shard_set",
-    "write_manifest",
+    "load_manifest", "make_key", "read_manifest", "resolve_shard", "shard_name", "shard_urls", "variant_field",
+    "verify_shard_set", "write_manifest",
 ]

@@ -167,10 +167,13 @@ class TrainStream(IterableDataset):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int, int]]:
         info = get_worker_info()
         n_workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        # Batch i of the epoch comes from worker i % n_workers (DataLoader's round robin).
-        quota = self.steps // n_workers + (worker < self.steps % n_workers)
-        skip = self.start_step // n_workers + (worker < self.start_step % n_workers)
-        global_worker = self.rank * n_workers + worker
+        # Batch i of the epoch comes from reader i % n_workers (DataLoader's round robin). The
+        # round robin always starts at worker 0, so after skipping `start_step` batches worker w
+        # plays the part of reader (w + start_step) % n_workers.
+        reader = (worker + self.start_step) % n_workers
+        quota = self.steps // n_workers + (reader < self.steps % n_workers)
+        skip = self.start_step // n_workers + (reader < self.start_step % n_workers)
+        global_worker = self.rank * n_workers + reader
         bad = BadSamples(self.max_bad)
         expected = {s.url: s.samples for s in self.shard_set.shards}
         samples = counted_samples(self._urls(global_worker, self.world * n_workers), expected, bad)
