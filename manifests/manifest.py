@@ -83,6 +83,8 @@ def write_manifest(directory: str | os.PathLike, manifest: dict) -> Path:
 
 def read_manifest(path: str | os.PathLike) -> dict:
     path = manifest_path(path)
+    if not path.parent.is_dir():
+        raise ManifestError(f"{path.parent}: no such folder (expected a shard-set folder or its manifest.json)")
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:

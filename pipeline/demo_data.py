@@ -14,7 +14,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-DEMO_CLASSES = ("circle", "square", "triangle", "star", "cross", "ring")
+DEMO_CLASSES = ("circle", "cross", "ring", "square", "star", "triangle")  # sorted, as ImageFolder sorts
 TEXTURES = ("solid", "stripes", "checker", "dots", "noise", "gradient")
 
 

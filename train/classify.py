@@ -15,10 +15,16 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 from train.config import parse_args  # noqa: E402
 from train.runner import run  # noqa: E402
+from train.stream import TooManyBadSamples  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    run(parse_args(argv))
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError, TooManyBadSamples) as exc:  # bad input: say what, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

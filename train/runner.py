@@ -39,7 +39,7 @@ class _SafeImageFolder(Dataset):
     def __init__(self, root: str, transform, classes: list[str]):
         self.folder = torchvision.datasets.ImageFolder(root, transform=transform, loader=self._load)
         if classes and self.folder.classes != classes:
-            raise ValueError(f"{root}: classes {self.folder.classes} differ from the training set's {classes}")
+            raise ValueError(f"{root}: classes {self.folder.classes} differ from the model's {classes}")
 
     @staticmethod
     def _load(path: str):
@@ -61,7 +61,10 @@ def _is_shard_set(path: str) -> bool:
 def build_val_loader(args, dist: DistInfo, classes: list[str]) -> DataLoader:
     transform = create_transform(args.img_size, is_training=False, crop_pct=1.0)
     if _is_shard_set(args.val):
-        dataset = EvalStream(open_shard_set(args.val), transform, dist.rank, dist.world, args.max_bad)
+        val_set = open_shard_set(args.val)
+        if classes and val_set.classes != classes:
+            raise ValueError(f"{args.val}: classes {val_set.classes} differ from the model's {classes}")
+        dataset = EvalStream(val_set, transform, dist.rank, dist.world, args.max_bad)
     else:
         folder = _SafeImageFolder(args.val, transform, classes)
         dataset = Subset(folder, range(dist.rank, len(folder), dist.world))  # each image exactly once
@@ -160,7 +163,7 @@ def _train(args, dist: DistInfo, out: Path) -> dict:
     num_classes = len(shard_set.classes)
     if num_classes < 2:
         raise ValueError(f"{args.shards}: the manifest lists {num_classes} classes; a classifier needs >= 2")
-    args.num_classes = num_classes
+    args.num_classes, args.classes = num_classes, shard_set.classes
     steps = shard_set.samples // (dist.world * args.batch_size)
     if steps == 0:
         raise ValueError(f"{args.shards}: {shard_set.samples} samples are fewer than one batch per rank "
@@ -242,7 +245,7 @@ def _save(out: Path, args, dist: DistInfo, model, ema, ctx: StepContext, positio
         "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
         "optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
         "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else None,
-        "num_updates": ctx.num_updates, "position": position,
+        "num_updates": ctx.num_updates, "position": position, "classes": list(args.classes),
         "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))},
     })
 
@@ -255,7 +258,7 @@ def _evaluate_checkpoint(args, dist: DistInfo) -> dict:
     model.load_state_dict(weights)
     model.to(dist.device)
     args.img_size = args.img_size or state["args"]["img_size"]
-    metrics = evaluate(model, build_val_loader(args, dist, []), dist.device, num_classes)
+    metrics = evaluate(model, build_val_loader(args, dist, state["classes"]), dist.device, num_classes)
     if dist.is_main:
         print(json.dumps({"checkpoint": str(args.checkpoint), **metrics}, sort_keys=True))
     return metrics

@@ -68,6 +68,10 @@ def open_stream(url: str):
     return open(url.removeprefix("file://"), "rb")
 
 
+class TooManyBadSamples(RuntimeError):
+    """More bad samples or shards than --max-bad allows; the message lists each with its reason."""
+
+
 @dataclass
 class BadSamples:
     """Skipped samples and shards, with where and why; past `limit` the run stops with the list."""
@@ -82,7 +86,7 @@ class BadSamples:
         log.warning("skipped %s %s: %s", url, key or "", reason)
         if len(self.entries) > self.limit:
             listing = "\n".join(f"  {u} {k}: {r}" for u, k, r in self.entries)
-            raise RuntimeError(f"more than {self.limit} bad samples or shards (--max-bad); stopping:\n{listing}")
+            raise TooManyBadSamples(f"more than {self.limit} bad samples or shards (--max-bad); stopping:\n{listing}")
 
     def take(self) -> int:
         count, self.pending = self.pending, 0
