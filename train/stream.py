@@ -23,10 +23,12 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.filters import shuffle as wds_shuffle
-from webdataset.tariterators import group_by_keys, tar_file_expander
+from webdataset.tariterators import group_by_keys
 
 from manifests import ContractError, check_field, decode_image, load_manifest, resolve_shard
 from manifests.contract import ORIGINAL_FIELDS
+
+from .tarstream import TarFormatError, iter_members
 
 log = logging.getLogger("train.stream")
 
@@ -93,6 +95,15 @@ class BadSamples:
         return count
 
 
+def _files(stream, url: str, on_error: Callable[[Exception], bool]) -> Iterator[dict]:
+    """Tar members in webdataset's file-record form, for its `group_by_keys`."""
+    try:
+        for name, data in iter_members(stream, url):
+            yield {"fname": name, "data": data, "__url__": url}
+    except (TarFormatError, OSError) as exc:
+        on_error(exc)
+
+
 def counted_samples(urls: Iterator[str], expected: dict[str, int], bad: BadSamples) -> Iterator[dict]:
     """Samples of each shard in turn; a tar error or a short shard is counted, never silent."""
     for url in urls:
@@ -108,7 +119,7 @@ def counted_samples(urls: Iterator[str], expected: dict[str, int], bad: BadSampl
             bad.add(url, "", f"cannot open: {exc}", count=expected[url])
             continue
         with stream:
-            files = tar_file_expander([{"url": url, "stream": stream}], handler=on_error)
+            files = _files(stream, url, on_error)
             for sample in group_by_keys(files, handler=on_error):
                 seen += 1
                 yield sample
@@ -138,7 +149,9 @@ def decode_sample(sample: dict, image_field: str, transform: Callable, aug_seed:
     image = decode_image(sample[image_field], f"{sample['__url__']}:{sample['__key__']}.{image_field}").image
     if aug_seed is not None:  # per-sample augmentation draws, independent of worker layout
         random.seed(aug_seed)
-        torch.manual_seed(aug_seed)
+        # Only the CPU generator: torch.manual_seed also queues a lazy CUDA seed, which formats a
+        # stack trace per call on CUDA builds (measured: the loader's largest cost).
+        torch.random.default_generator.manual_seed(aug_seed)
     return transform(image), int(sample["cls"])
 
 
@@ -182,7 +195,10 @@ class TrainStream(IterableDataset):
         expected = {s.url: s.samples for s in self.shard_set.shards}
         samples = counted_samples(self._urls(global_worker, self.world * n_workers), expected, bad)
         rng = random.Random(derive_seed(self.seed, self.epoch, global_worker, "shuffle"))
-        samples = wds_shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer // 2, rng=rng)(samples)
+        # The source never ends, so whatever the buffer holds at the end of the epoch was read for
+        # nothing: keep it small next to the worker's share of the epoch.
+        buffer = max(1, min(self.shuffle_buffer, quota * self.batch_size // 4))
+        samples = wds_shuffle(bufsize=buffer, initial=buffer, rng=rng)(samples)
         wanted, skipped = (quota - skip) * self.batch_size, 0
         for sample in samples:
             if skipped < skip * self.batch_size:  # resuming mid-epoch: skip before decoding

@@ -1,0 +1,63 @@
+"""The training loop's tar reader yields what tarfile yields, for USTAR, PAX and GNU archives."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+
+from train.tarstream import TarFormatError, iter_members
+
+LONG = "deep/" * 30 + "sample-000001.a-very-long-field-name.json"  # > 100 bytes: needs PAX/GNU headers
+
+
+def _archive(fmt: int) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        folder = tarfile.TarInfo("dir")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        for i, (name, size) in enumerate([("a.jpg", 0), ("a.cls", 1), ("b.jpg", 512), ("b.json", 513),
+                                           (LONG, 700), ("ünï/cödé.txt", 3)]):
+            if fmt == tarfile.USTAR_FORMAT and (name == LONG or not name.isascii()):
+                continue
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, io.BytesIO(bytes([i]) * size))
+        link = tarfile.TarInfo("link")
+        link.type, link.linkname = tarfile.SYMTYPE, "a.jpg"
+        tar.addfile(link)
+    return buf.getvalue()
+
+
+def _with_tarfile(data: bytes) -> list[tuple[str, bytes]]:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r|*") as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+def test_same_members_as_tarfile(fmt):
+    data = _archive(fmt)
+    expected = _with_tarfile(data)
+    assert list(iter_members(io.BytesIO(data), "mem")) == expected
+    assert len(expected) >= 4
+
+
+def test_truncation_inside_a_member_and_bad_checksums_are_errors():
+    data = _archive(tarfile.PAX_FORMAT)
+    with pytest.raises(TarFormatError, match="member data truncated|truncated header"):
+        list(iter_members(io.BytesIO(data[:2800]), "shard.tar"))  # inside b.jpg's data
+    corrupt = bytearray(data)
+    corrupt[1024 + 10] ^= 0xFF  # inside the second header's name
+    with pytest.raises(TarFormatError, match="shard.tar at byte 1024: header checksum mismatch"):
+        list(iter_members(io.BytesIO(bytes(corrupt)), "shard.tar"))
+
+
+def test_cut_at_a_header_boundary_reads_short_like_tarfile():
+    data = _archive(tarfile.USTAR_FORMAT)
+    cut = data[:512 * 3]  # dir header, a.jpg header (0 bytes), a.cls header; a.cls data missing
+    with pytest.raises(TarFormatError):
+        list(iter_members(io.BytesIO(cut), "x"))
+    boundary = data[:512 * 2]
+    assert list(iter_members(io.BytesIO(boundary), "x")) == [("a.jpg", b"")]
