@@ -33,22 +33,25 @@ CIFAR_TAR = REPO.parent / "shared" / "data" / "cifar10" / "train.tar"
 
 
 def _maps(kind: str, n: int, h: int, w: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Saliency-like pairs; 'zeros' and 'blobs' produce many exactly tied candidate shifts."""
+    """Saliency-like pairs; 'blobs' and 'plateau' produce many exactly tied candidate shifts."""
     s1, s2 = torch.rand(n, h, w, generator=gen), torch.rand(n, h, w, generator=gen)
     if kind == "zeros":
         s1[:, : h // 2] = 0
         s2[:, :, w // 3 :] = 0
         s1[:, -2:, -3:] = 0.25  # constant patches: equal values, shuffled positions
-    elif kind == "blobs":
-        s1[:, h // 3 :] = 0
+    elif kind in ("blobs", "plateau"):
+        if kind == "blobs":
+            s1[:, h // 3 :] = 0
+        else:  # dense map with a flat low half: ties where naive float sums break them by pixel order
+            s1[:, h // 2 :] = 0.05
         s2[:, :, :] = 0
-        s2[:, h // 2 : h // 2 + 2, w // 2 : w // 2 + 2] = torch.rand(n, 2, 2, generator=gen)
+        s2[:, 1:3, 2:4] = torch.rand(n, 2, 2, generator=gen)
     return s1 / s1.sum(dim=(1, 2), keepdim=True) * 0.4, s2 / s2.sum(dim=(1, 2), keepdim=True) * 0.6
 
 
 @pytest.mark.parametrize("size", [(8, 8), (16, 16), (32, 32), (12, 20)])
 @pytest.mark.parametrize("rand_pos", [1.0, 0.1])
-@pytest.mark.parametrize("kind", ["dense", "zeros", "blobs"])
+@pytest.mark.parametrize("kind", ["dense", "zeros", "blobs", "plateau"])
 def test_best_shifts_equal_naive_reference(size, rand_pos, kind):
     gen = torch.Generator().manual_seed(zlib.crc32(repr((size, rand_pos, kind)).encode()))
     s1, s2 = _maps(kind, 3, *size, gen)
@@ -187,6 +190,10 @@ def test_outputs_weights_and_soft_targets():
         assert (soft >= 0).all()
         torch.testing.assert_close(soft.sum(dim=1), torch.ones(10))
         assert torch.isfinite(criterion(torch.randn(10, 7), soft))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the mixing itself stays in full precision
+        mixed_bf16, soft_bf16 = SageMix(num_classes=7, generator=torch.Generator().manual_seed(1))(x, target, grad)
+    mixed, soft = SageMix(num_classes=7, generator=torch.Generator().manual_seed(1))(x, target, grad)
+    assert torch.equal(mixed_bf16, mixed) and torch.equal(soft_bf16, soft)
     lams = [mixer.sample(4, 8, 8)[0] for _ in range(200)]
     assert all(0 <= lam <= 0.7 for lam in lams)
     assert SageMix(num_classes=3, alpha=0.0, upper_lambda=0.6).sample(4, 8, 8)[0] == pytest.approx(0.3)
@@ -209,6 +216,7 @@ def test_switch_and_prob_zero_leave_the_batch_alone():
 @pytest.mark.parametrize("name, value", [
     ("num_classes", 0), ("alpha", -1.0), ("upper_lambda", 0.0), ("upper_lambda", 1.5), ("rand_pos", 0.0),
     ("kernel_size", 4), ("sigma", 0.0), ("label_smoothing", 1.0), ("prob", 1.5), ("generator", 3),
+    ("num_classes", True), ("alpha", "1"), ("rand_pos", float("nan")), ("prob", None),
 ])
 def test_invalid_arguments_name_the_argument(name, value):
     kwargs = {"num_classes": 3, name: value}

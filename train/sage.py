@@ -16,15 +16,17 @@ is rewritten with ``(a^2 + b^2) / (a + b) = a + b - 2ab / (a + b)``:
 image, and only the harmonic term needs the overlapping windows: one slice of each map per shift,
 batched over images, and no canvas or shifted copy is ever built.
 
-Why the argmax is exact: every per-pixel term is truncated to an integer multiple of
-``2^-52 * max(sum(s1), sum(s2))`` before summing, so all sums are exact integers in float64 and the
-objective no longer depends on summation order. Candidates whose objectives are mathematically
+Why the argmax is exact: every per-pixel term is truncated to an integer multiple of a grid of
+about 2^-52 times the larger map total before summing, so all sums are exact integers in float64
+and the objective no longer depends on summation order. Candidates whose objectives are mathematically
 equal because they add up the same pixel values (e.g. a partner blob landing on different empty
 areas) therefore tie exactly, and the tie goes to the first candidate, as ``torch.argmax`` does in
 the official code. Quantisation moves each objective by at most ``n_pixels * 2^-52`` of the total.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -56,8 +58,7 @@ def candidate_shifts(h: int, w: int, rand_pos: float, generator: torch.Generator
     assumes square images; for h != w the same layout is used with 2h-1 values of dy.
     Ours keeps at least one candidate where the official code would crash on an empty set.
     """
-    if rand_pos <= 0:
-        raise ValueError(f"rand_pos must be > 0, got {rand_pos}")
+    _check(_real(rand_pos) and rand_pos > 0, "rand_pos", "a finite number > 0", rand_pos)
     n_dy, n_dx = 2 * h - 1, 2 * w - 1
     n = n_dy * n_dx
     k = max(1, min(n, int(n * rand_pos)))
@@ -82,18 +83,18 @@ def best_shifts(s1: Tensor, s2: Tensor, shifts: Tensor) -> Tensor:
     if (s1 < 0).any() or (s2 < 0).any():
         raise ValueError("s1 and s2 must be non-negative saliency maps")
 
-    # Batch-last layout: every overlap window is then a few long contiguous runs of memory.
-    a = s1.detach().permute(1, 2, 0).to(torch.float64)
-    b = s2.detach().permute(1, 2, 0).to(torch.float64)
+    a = s1.detach().to(torch.float64)
+    b = s2.detach().to(torch.float64)
     # Per-image power-of-two scale putting each total below 2^52: keeps all integer sums exact.
-    totals = torch.maximum(a.sum(dim=(0, 1)), b.sum(dim=(0, 1)))
-    scale = torch.ldexp(torch.ones_like(totals), _MANTISSA_BITS - torch.frexp(totals).exponent)
+    totals = torch.maximum(a.sum(dim=(1, 2)), b.sum(dim=(1, 2)))
+    scale = torch.ldexp(torch.ones_like(totals), _MANTISSA_BITS - torch.frexp(totals).exponent)[:, None, None]
+    integral = F.pad(torch.trunc(b * scale).cumsum(2).cumsum(1), (1, 0, 1, 0))  # exact: integers < 2^52
     # 1 / (1/a + 1/b) is the harmonic term ab / (a + b); a zero map value gives inf -> term 0, no 0/0.
-    inv_a = (1.0 / scale) / a
-    inv_b = (1.0 / scale) / b
-    integral = F.pad(torch.trunc(b * scale).long().cumsum(0).cumsum(1), (0, 0, 1, 0, 1, 0))
+    # Batch-last layout: every overlap window is then a few long contiguous runs of memory.
+    inv_a = ((1.0 / scale) / a).permute(1, 2, 0).contiguous()
+    inv_b = ((1.0 / scale) / b).permute(1, 2, 0).contiguous()
 
-    n_img = a.shape[2]
+    n_img = len(a)
     harmonic = torch.empty(len(shifts), n_img, dtype=torch.float64, device=a.device)
     buffer = torch.empty(h * w * n_img, dtype=torch.float64, device=a.device)
     one = torch.ones((), dtype=torch.float64, device=a.device)
@@ -103,15 +104,15 @@ def best_shifts(s1: Tensor, s2: Tensor, shifts: Tensor) -> Tensor:
         window = buffer[: oh * ow * n_img].view(oh, ow, n_img)
         torch.add(inv_a[y1 : y1 + oh, x1 : x1 + ow], inv_b[y2 : y2 + oh, x2 : x2 + ow], out=window)
         # One fused op: reciprocal and truncation onto the integer grid.
-        torch.div(one.expand_as(window), window, rounding_mode="trunc", out=window)
+        torch.div(one, window, rounding_mode="trunc", out=window)
         torch.sum(window, dim=(0, 1), out=harmonic[k])
 
     # Box sum of the quantised partner saliency over each shift's overlap, all shifts at once.
     dy, dx = shifts[:, 0].to(a.device), shifts[:, 1].to(a.device)
     top, left = (-dy).clamp(min=0), (-dx).clamp(min=0)
     bottom, right = top + h - dy.abs(), left + w - dx.abs()
-    visible = integral[bottom, right] - integral[top, right] - integral[bottom, left] + integral[top, left]
-    score = visible - 2 * harmonic.long()  # objective - sum(s1), scaled; exact integers
+    visible = integral[:, bottom, right] - integral[:, top, right] - integral[:, bottom, left] + integral[:, top, left]
+    score = visible.T.long() - 2 * harmonic.long()  # objective - sum(s1), scaled; exact integers
     return shifts.to(a.device)[score.argmax(dim=0)]  # argmax: first maximum, as in the official code
 
 
@@ -158,6 +159,14 @@ def _check(condition: bool, name: str, requirement: str, value: object) -> None:
         raise ValueError(f"{name} must be {requirement}, got {value!r}")
 
 
+def _real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class SageMix:
     """SAGE mixing as a callable, like ``timm.data.Mixup``: ``mixer(x, target, input_grad)``.
 
@@ -170,15 +179,15 @@ class SageMix:
     def __init__(self, num_classes: int, alpha: float = 1.0, upper_lambda: float = 0.7, rand_pos: float = 0.01,
                  kernel_size: int = 5, sigma: float = 1.0, label_smoothing: float = 0.0, prob: float = 1.0,
                  mix_enabled: bool = True, generator: torch.Generator | None = None) -> None:
-        _check(isinstance(num_classes, int) and num_classes >= 1, "num_classes", "a positive int", num_classes)
-        _check(np.isfinite(alpha) and alpha >= 0, "alpha", "a finite number >= 0", alpha)
-        _check(0 < upper_lambda <= 1, "upper_lambda", "in (0, 1]", upper_lambda)
-        _check(np.isfinite(rand_pos) and rand_pos > 0, "rand_pos", "a finite number > 0", rand_pos)
-        _check(isinstance(kernel_size, int) and kernel_size > 0 and kernel_size % 2 == 1, "kernel_size",
-               "a positive odd int", kernel_size)
-        _check(np.isfinite(sigma) and sigma > 0, "sigma", "a finite number > 0", sigma)
-        _check(0 <= label_smoothing < 1, "label_smoothing", "in [0, 1)", label_smoothing)
-        _check(0 <= prob <= 1, "prob", "in [0, 1]", prob)
+        _check(_int(num_classes) and num_classes >= 1, "num_classes", "a positive int", num_classes)
+        _check(_real(alpha) and alpha >= 0, "alpha", "a finite number >= 0", alpha)
+        _check(_real(upper_lambda) and 0 < upper_lambda <= 1, "upper_lambda", "in (0, 1]", upper_lambda)
+        _check(_real(rand_pos) and rand_pos > 0, "rand_pos", "a finite number > 0", rand_pos)
+        _check(_int(kernel_size) and kernel_size > 0 and kernel_size % 2 == 1, "kernel_size", "a positive odd int",
+               kernel_size)
+        _check(_real(sigma) and sigma > 0, "sigma", "a finite number > 0", sigma)
+        _check(_real(label_smoothing) and 0 <= label_smoothing < 1, "label_smoothing", "in [0, 1)", label_smoothing)
+        _check(_real(prob) and 0 <= prob <= 1, "prob", "in [0, 1]", prob)
         _check(generator is None or isinstance(generator, torch.Generator), "generator", "a torch.Generator",
                generator)
         self.num_classes, self.alpha, self.upper_lambda, self.rand_pos = num_classes, alpha, upper_lambda, rand_pos
@@ -204,7 +213,8 @@ class SageMix:
 
     @torch.no_grad()
     def __call__(self, x: Tensor, target: Tensor, input_grad: Tensor) -> tuple[Tensor, Tensor]:
-        _check(x.ndim == 4 and x.shape[-2] >= 3 and x.shape[-1] >= 3, "x", "a [B, C, H, W] batch with H, W >= 3",
+        half = self.kernel_size // 2  # the blur's reflect padding needs H, W > half
+        _check(x.ndim == 4 and min(x.shape[-2:]) > half, "x", f"a [B, C, H, W] batch with H, W > {half}",
                tuple(x.shape))
         _check(target.shape == x.shape[:1] and not target.is_floating_point(), "target",
                "integer class indices of shape [B]", tuple(target.shape))
@@ -217,10 +227,12 @@ class SageMix:
         if not mix:
             self.last_weights = torch.ones(len(x), device=x.device)
             return x, y1
-        saliency = saliency_from_grad(input_grad, self.kernel_size, self.sigma)
-        lam, perm, shifts = self.sample(*saliency.shape)
-        perm = perm.to(x.device)
-        mixed, weight, _ = sage_mix(x, saliency, perm, lam, shifts)
+        # Outside autocast: half-precision saliency would underflow when normalised to sum to lam.
+        with torch.autocast(x.device.type, enabled=False):
+            saliency = saliency_from_grad(input_grad, self.kernel_size, self.sigma)
+            lam, perm, shifts = self.sample(*saliency.shape)
+            perm = perm.to(x.device)
+            mixed, weight, _ = sage_mix(x, saliency, perm, lam, shifts)
         self.last_weights = weight
         weight = weight.float()[:, None]
         return mixed, weight * y1 + (1 - weight) * y1[perm]
