@@ -65,6 +65,7 @@ def test_torchrun_two_gloo_processes_uneven_shards_equal_steps(demo_shards, tmp_
     assert summary["world_size"] == 2 and summary["val_samples"] == 150
     assert 0 <= summary["top1"] <= 100 and summary["top5"] >= summary["top1"]
     assert (run / "args.yaml").exists() and (run / "last.pth").exists()
+    assert list((run / "tb").glob("events.out.tfevents.*"))
 
 
 @pytest.mark.slow
@@ -179,3 +180,17 @@ def test_missing_shard_set_and_unreadable_checkpoint_are_named(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="bad.pth: not a loadable checkpoint"):
         load_checkpoint(bad)
+
+
+def test_verify_drops_a_corrupted_shard_before_training(tmp_path, caplog):
+    from train.distributed import DistInfo
+    from train.runner import _verified
+    from train.stream import open_shard_set
+
+    root = make_shard_set(tmp_path, 30, per_shard=10)
+    data = bytearray((root / "shard-000001.tar").read_bytes())
+    data[2000] ^= 0x40
+    (root / "shard-000001.tar").write_bytes(bytes(data))
+    kept = _verified(open_shard_set(str(root)), DistInfo(0, 1, 0, torch.device("cpu")))
+    assert [Path(s.url).name for s in kept.shards] == ["shard-000000.tar", "shard-000002.tar"]
+    assert "--verify: shard-000001.tar: sha256 mismatch: expected" in caplog.text

@@ -117,6 +117,16 @@ def _phase_context(args, phase: str, model, ddp_model, dist: DistInfo, steps: in
                        channels_last=args.channels_last)
 
 
+def _log_tensorboard(out: Path, row: dict, global_epoch: int) -> None:
+    from tensorboardX import SummaryWriter
+
+    with SummaryWriter(str(out / "tb")) as writer:
+        for name in ("train_loss", "val_loss", "top1", "top5", "lr", "images_per_s"):
+            value = row.get(name)
+            if isinstance(value, (int, float)) and value == value:  # skip NaN (no validation set)
+                writer.add_scalar(f"{row['phase']}/{name}", value, global_epoch)
+
+
 def _write_metrics(out: Path, row: dict) -> None:
     path = out / "metrics.csv"
     new = not path.exists()
@@ -227,6 +237,7 @@ def _train(args, dist: DistInfo, out: Path) -> dict:
             _save(out, args, dist, model, ema, ctx, nxt)
             if dist.is_main:
                 _write_metrics(out, row)
+                _log_tensorboard(out, row, global_epoch=phase_index * 10_000 + epoch)
                 log.info("%s", row)
         state = None
     summary = {"top1": val.get("top1"), "top5": val.get("top5"), "val_samples": val.get("val_samples"),
