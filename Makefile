@@ -22,6 +22,8 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_shard_job.py
+	$(BIN)/python bench/bench_loader.py
+	$(BIN)/python bench/bench_sage.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
