@@ -35,7 +35,7 @@ from pipeline.job_config import GenerateConfig  # noqa: E402
 from pipeline.records import RecordSettings  # noqa: E402
 from pipeline.shards import plan_shards, write_shard  # noqa: E402
 from pipeline.sources import image_folder_source  # noqa: E402
-from train.stream import TrainStream, open_shard_set  # noqa: E402
+from train.stream import ClassificationDecoder, TrainStream, open_shard_set  # noqa: E402
 
 
 def two_variants(image, key):
@@ -87,8 +87,8 @@ def main() -> None:
         for name, repaint in (("original-only shards", None), ("repainted shards (2 variants)", two_variants)):
             shard_set = open_shard_set(str(shard(root, work / name.split()[0], repaint)))
             steps = shard_set.samples // args.batch_size
-            stream = TrainStream(shard_set, transform, args.batch_size, steps, rank=0, world=1, seed=0,
-                                 orig_prob=0.5, use_variants=True, max_bad=0)
+            stream = TrainStream(shard_set, ClassificationDecoder(transform), args.batch_size, steps, rank=0,
+                                 world=1, seed=0, orig_prob=0.5, use_variants=True, max_bad=0)
             rates[name] = images_per_s(DataLoader(stream, batch_size=args.batch_size,
                                                   num_workers=args.workers), args.epochs)
         print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "

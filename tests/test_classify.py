@@ -138,8 +138,7 @@ def test_all_ranks_skip_a_non_finite_step_together():
             pass
 
     ctx = StepContext(model=model, criterion=criterion, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                      scheduler=NoSched(), device=torch.device("cpu"), mix="none", mixer=None, update_ratio=0.5,
-                      num_classes=3, seed=0, rank=0)
+                      scheduler=NoSched(), device=torch.device("cpu"), num_classes=3, seed=0, rank=0)
     batch = (torch.randn(2, 4), torch.tensor([0, 1]), torch.tensor([0, 0]))
     stats = train_one_epoch(ctx, [batch], epoch_key=0, start_step=0, total_steps=1, progress=False)
     assert stats.skipped_steps == 1 and stats.steps == 0 and ctx.num_updates == 0
@@ -184,7 +183,7 @@ def test_missing_shard_set_and_unreadable_checkpoint_are_named(tmp_path):
 
 def test_verify_drops_a_corrupted_shard_before_training(tmp_path, caplog):
     from train.distributed import DistInfo
-    from train.runner import _verified
+    from train.runner import _verified  # noqa: F401 (the task-independent shard check)
     from train.stream import open_shard_set
 
     root = make_shard_set(tmp_path, 30, per_shard=10)

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from manifests import ManifestError
 from pipeline.tarwriter import ShardTarWriter
 from tests.shardsets import make_shard_set, manifest_of
-from train.stream import EvalStream, TrainStream, choose_field, open_shard_set
+from train.stream import ClassificationDecoder, EvalStream, TrainStream, choose_field, open_shard_set
 
 torch.set_num_threads(2)
 
@@ -27,10 +27,13 @@ def _to_tensor(image):
     return torch.from_numpy(__import__("numpy").asarray(image.resize((8, 8)), dtype="float32")).permute(2, 0, 1)
 
 
+_decode = ClassificationDecoder(_to_tensor)
+
+
 def _train_stream(shard_set, rank=0, world=1, batch=4, steps=None, **kw):
     steps = steps if steps is not None else shard_set.samples // (world * batch)
     defaults = dict(seed=0, orig_prob=0.5, use_variants=True, max_bad=10)
-    return TrainStream(shard_set, _to_tensor, batch, steps, rank, world, **{**defaults, **kw})
+    return TrainStream(shard_set, _decode, batch, steps, rank, world, **{**defaults, **kw})
 
 
 def _batches(stream, workers: int) -> list:
@@ -82,13 +85,13 @@ def test_truncated_and_corrupt_shards_are_counted_not_silent(tmp_path, caplog):
     data = bytearray((root / "shard-000001.tar").read_bytes())
     data[image.offset_data:image.offset_data + image.size] = b"\x00" * image.size
     (root / "shard-000001.tar").write_bytes(bytes(data))
-    samples = list(EvalStream(open_shard_set(root), _to_tensor, rank=0, world=1, max_bad=10))
+    samples = list(EvalStream(open_shard_set(root), _decode, rank=0, world=1, max_bad=10))
     bad = sum(s[2] for s in samples)
     assert len(samples) + bad == 30 and bad == 7
     assert "short shard: manifest says 10 samples, read 4" in caplog.text
     assert "shard-000001.tar demo-00000010:" in caplog.text and "not a recognised image" in caplog.text
     with pytest.raises(RuntimeError, match="more than 0 bad samples or shards"):
-        list(EvalStream(open_shard_set(root), _to_tensor, rank=0, world=1, max_bad=0))
+        list(EvalStream(open_shard_set(root), _decode, rank=0, world=1, max_bad=0))
 
 
 class _Boobytrap:
@@ -110,7 +113,7 @@ def test_pickle_members_are_never_unpickled(tmp_path, caplog):
             if i == 1:
                 fields["pth"] = pickle.dumps(_Boobytrap())
             writer.write({"__key__": s["__key__"], **fields})
-    out = list(EvalStream(open_shard_set(root), _to_tensor, rank=0, world=1, max_bad=5))
+    out = list(EvalStream(open_shard_set(root), _decode, rank=0, world=1, max_bad=5))
     assert len(out) == 2 and sum(o[2] for o in out) == 2
     assert "'pyd' is a pickle format and is refused" in caplog.text
     assert "'pth' is a pickle format and is refused" in caplog.text
@@ -132,10 +135,10 @@ def http_server(tmp_path):
 def test_http_shard_set_streams_the_same_samples_as_disk(http_server):
     root, url = http_server
     make_shard_set(root / "set", 24, per_shard=10)
-    local = list(EvalStream(open_shard_set(str(root / "set")), _to_tensor, 0, 1, max_bad=0))
+    local = list(EvalStream(open_shard_set(str(root / "set")), _decode, 0, 1, max_bad=0))
     remote_set = open_shard_set(f"{url}/set")
     assert all(s.url.startswith(url) for s in remote_set.shards)
-    remote = list(EvalStream(remote_set, _to_tensor, 0, 1, max_bad=0))
+    remote = list(EvalStream(remote_set, _decode, 0, 1, max_bad=0))
     assert len(local) == len(remote) == 24
     assert all(torch.equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(local, remote, strict=True))
 

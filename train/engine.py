@@ -25,16 +25,17 @@ class StepContext:
     """Everything one optimisation step needs, built once per phase by the runner."""
 
     model: torch.nn.Module  # DDP-wrapped where distributed
-    criterion: Callable  # soft-target loss when mixing, else hard-label loss
     optimizer: torch.optim.Optimizer
     scheduler: Any  # a timm scheduler (step_update per step)
     device: torch.device
-    mix: str  # none | mixup | cutmix | sage
-    mixer: Callable | None
-    update_ratio: float
     num_classes: int
     seed: int
     rank: int
+    criterion: Callable | None = None  # soft-target loss when mixing, else hard-label loss
+    mix: str = "none"  # none | mixup | cutmix | sage
+    mixer: Callable | None = None
+    update_ratio: float = 0.0
+    loss_fn: Callable | None = None  # (model, x, target) -> loss, for models that compute their own loss
     scaler: torch.amp.GradScaler | None = None
     ema: Any = None
     channels_last: bool = False
@@ -50,6 +51,12 @@ class EpochStats:
     images: int = 0
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, dict):  # detection targets
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value.to(device, non_blocking=True)
 
 
 def _seed_step(ctx: StepContext, epoch_key: int, step: int) -> None:
@@ -74,6 +81,11 @@ def _forward_backward(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> tor
         out = sage_forward_backward(ctx.model, ctx.criterion, x, y, ctx.mixer, ctx.update_ratio,
                                     ctx.num_classes, scaler=ctx.scaler)
         return torch.tensor([out["loss_clean"], out["loss_mix"]])
+    if ctx.loss_fn is not None:
+        with _autocast(ctx):
+            loss = ctx.loss_fn(ctx.model, x, y)
+        (ctx.scaler.scale(loss) if ctx.scaler is not None else loss).backward()
+        return loss.detach().reshape(1)
     target = y
     if ctx.mixer is not None:
         x, target = ctx.mixer(x, y)
@@ -93,7 +105,7 @@ def train_one_epoch(ctx: StepContext, loader, epoch_key: int, start_step: int, t
         _seed_step(ctx, epoch_key, step)
         x = x.to(ctx.device, non_blocking=True)
         x = x.contiguous(memory_format=torch.channels_last) if ctx.channels_last else x
-        y = y.to(ctx.device, non_blocking=True)
+        y = to_device(y, ctx.device)
         losses = _forward_backward(ctx, x, y)
         # Every rank ran the same backward passes; skip the update together if any loss is bad.
         if all_finite(losses.to(ctx.device)):

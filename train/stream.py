@@ -140,28 +140,44 @@ def choose_field(sample: dict, seed: int, epoch: int, orig_prob: float, use_vari
     return original if rng.random() < orig_prob else rng.choice(variants)
 
 
-def decode_sample(sample: dict, image_field: str, transform: Callable, aug_seed: int | None):
+def read_image(sample: dict, image_field: str):
+    """The chosen image of a sample, safely decoded; a pickle member makes the sample bad."""
     for name in sample:
         if not name.startswith("__"):
-            check_field(name)  # a pickle member makes the sample bad; it is never decoded
-    if "cls" not in sample:
-        raise ValueError("no 'cls' field: this shard set has no class labels (a detection set?)")
-    image = decode_image(sample[image_field], f"{sample['__url__']}:{sample['__key__']}.{image_field}").image
-    if aug_seed is not None:  # per-sample augmentation draws, independent of worker layout
-        random.seed(aug_seed)
-        # Only the CPU generator: torch.manual_seed also queues a lazy CUDA seed, which formats a
-        # stack trace per call on CUDA builds (measured: the loader's largest cost).
-        torch.random.default_generator.manual_seed(aug_seed)
-    return transform(image), int(sample["cls"])
+            check_field(name)  # never decoded, only refused
+    return decode_image(sample[image_field], f"{sample['__url__']}:{sample['__key__']}.{image_field}").image
+
+
+def seed_augmentation(aug_seed: int) -> None:
+    """Per-sample augmentation draws, independent of which worker reads the sample."""
+    random.seed(aug_seed)
+    # Only the CPU generator: torch.manual_seed also queues a lazy CUDA seed, which formats a
+    # stack trace per call on CUDA builds (measured: the loader's largest cost).
+    torch.random.default_generator.manual_seed(aug_seed)
+
+
+class ClassificationDecoder:
+    """sample -> (image tensor, class index); the classification trainer's sample decoder."""
+
+    def __init__(self, transform: Callable):
+        self.transform = transform
+
+    def __call__(self, sample: dict, image_field: str, aug_seed: int | None) -> tuple:
+        if "cls" not in sample:
+            raise ValueError("no 'cls' field: this shard set has no class labels (a detection set?)")
+        image = read_image(sample, image_field)
+        if aug_seed is not None:
+            seed_augmentation(aug_seed)
+        return self.transform(image), int(sample["cls"])
 
 
 class TrainStream(IterableDataset):
     """Exactly `steps * batch_size` samples per rank per epoch, split over the loader's workers."""
 
-    def __init__(self, shard_set: ShardSet, transform: Callable, batch_size: int, steps: int, rank: int,
+    def __init__(self, shard_set: ShardSet, decoder: Callable, batch_size: int, steps: int, rank: int,
                  world: int, seed: int, orig_prob: float, use_variants: bool, max_bad: int,
                  shuffle_buffer: int = 1000):
-        self.shard_set, self.transform, self.batch_size, self.steps = shard_set, transform, batch_size, steps
+        self.shard_set, self.decoder, self.batch_size, self.steps = shard_set, decoder, batch_size, steps
         self.rank, self.world, self.seed = rank, world, seed
         self.orig_prob, self.use_variants, self.max_bad = orig_prob, use_variants, max_bad
         self.shuffle_buffer = shuffle_buffer
@@ -181,7 +197,7 @@ class TrainStream(IterableDataset):
             else:  # fewer shards than workers: every worker still gets one, resampled
                 yield order[(global_worker + pass_index * global_workers) % len(order)]
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, int, int]]:
+    def __iter__(self) -> Iterator[tuple]:
         info = get_worker_info()
         n_workers, worker = (info.num_workers, info.id) if info else (1, 0)
         # Batch i of the epoch comes from reader i % n_workers (DataLoader's round robin). The
@@ -207,11 +223,11 @@ class TrainStream(IterableDataset):
             try:
                 name = choose_field(sample, self.seed, self.epoch, self.orig_prob, self.use_variants)
                 aug_seed = derive_seed(self.seed, self.epoch, sample["__key__"], "aug")
-                image, target = decode_sample(sample, name, self.transform, aug_seed)
+                item = self.decoder(sample, name, aug_seed)
             except (ValueError, ContractError) as exc:
                 bad.add(sample.get("__url__", "?"), sample.get("__key__", "?"), str(exc))
                 continue
-            yield image, target, bad.take()
+            yield *item, bad.take()
             wanted -= 1
             if wanted == 0:
                 return
@@ -220,11 +236,11 @@ class TrainStream(IterableDataset):
 class EvalStream(IterableDataset):
     """Every original exactly once across ranks and workers; no shuffling, no variants."""
 
-    def __init__(self, shard_set: ShardSet, transform: Callable, rank: int, world: int, max_bad: int):
-        self.shard_set, self.transform, self.rank, self.world = shard_set, transform, rank, world
+    def __init__(self, shard_set: ShardSet, decoder: Callable, rank: int, world: int, max_bad: int):
+        self.shard_set, self.decoder, self.rank, self.world = shard_set, decoder, rank, world
         self.max_bad = max_bad
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, int, int]]:
+    def __iter__(self) -> Iterator[tuple]:
         info = get_worker_info()
         n_workers, worker = (info.num_workers, info.id) if info else (1, 0)
         mine = self.shard_set.shards[self.rank * n_workers + worker::self.world * n_workers]
@@ -233,8 +249,8 @@ class EvalStream(IterableDataset):
         for sample in counted_samples(iter(expected), expected, bad):
             try:
                 name = choose_field(sample, 0, 0, 1.0, use_variants=False)
-                image, target = decode_sample(sample, name, self.transform, aug_seed=None)
+                item = self.decoder(sample, name, None)
             except (ValueError, ContractError) as exc:
                 bad.add(sample.get("__url__", "?"), sample.get("__key__", "?"), str(exc))
                 continue
-            yield image, target, bad.take()
+            yield *item, bad.take()

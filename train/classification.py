@@ -1,0 +1,91 @@
+"""The classification task: a timm model, class targets, online mixing, top-1/top-5 evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+import torchvision
+from timm.data import Mixup, create_transform
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from manifests import decode_image
+
+from .distributed import DistInfo
+from .engine import evaluate
+from .stream import ClassificationDecoder, EvalStream, ShardSet, open_shard_set
+
+
+class _SafeImageFolder(Dataset):
+    """An ImageFolder read with the contract's safe decode; yields (image, target, 0)."""
+
+    def __init__(self, root: str, transform, classes: list[str]):
+        self.folder = torchvision.datasets.ImageFolder(root, transform=transform, loader=self._load)
+        if classes and self.folder.classes != classes:
+            raise ValueError(f"{root}: classes {self.folder.classes} differ from the model's {classes}")
+
+    @staticmethod
+    def _load(path: str):
+        with open(path, "rb") as f:
+            return decode_image(f.read(), path).image
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, index: int):
+        image, target = self.folder[index]
+        return image, target, 0
+
+
+def is_shard_set(path: str) -> bool:
+    return path.startswith(("http://", "https://")) or path.endswith(".json") or (Path(path) / "manifest.json").exists()
+
+
+class ClassificationTask:
+    name = "classification"
+    metric_names = ("val_loss", "top1", "top5")
+    summary_metrics = ("top1", "top5", "val_samples")
+
+    def labels(self, shard_set: ShardSet) -> list[str]:
+        return shard_set.classes
+
+    def build_model(self, args, num_classes: int) -> torch.nn.Module:
+        return timm.create_model(args.model, pretrained=False, num_classes=num_classes)
+
+    def train_decoder(self, args) -> ClassificationDecoder:
+        return ClassificationDecoder(create_transform(args.img_size, is_training=True, scale=tuple(args.scale),
+                                                      color_jitter=0.0))
+
+    def phase_parts(self, args, num_classes: int) -> dict:
+        """Mixer and loss of one phase; a fresh mixer per phase keeps its generator's draws per phase."""
+        mixer = None
+        if args.mix == "sage":
+            from .sage import SageMix
+
+            mixer = SageMix(num_classes=num_classes, alpha=args.sage_alpha, upper_lambda=args.upper_lambda,
+                            rand_pos=args.rand_pos, label_smoothing=args.smoothing, generator=torch.Generator())
+        elif args.mix in ("mixup", "cutmix"):
+            mixup, cutmix = (args.mixup_alpha, 0.0) if args.mix == "mixup" else (0.0, args.cutmix_alpha)
+            mixer = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=args.smoothing,
+                          num_classes=num_classes)
+        criterion = SoftTargetCrossEntropy() if mixer is not None else LabelSmoothingCrossEntropy(args.smoothing)
+        return {"mix": args.mix, "mixer": mixer, "criterion": criterion}
+
+    def val_loader(self, args, dist: DistInfo, labels: list[str]) -> DataLoader | None:
+        if not args.val:
+            return None
+        transform = create_transform(args.img_size, is_training=False, crop_pct=1.0)
+        if is_shard_set(args.val):
+            val_set = open_shard_set(args.val)
+            if labels and val_set.classes != labels:
+                raise ValueError(f"{args.val}: classes {val_set.classes} differ from the model's {labels}")
+            dataset = EvalStream(val_set, ClassificationDecoder(transform), dist.rank, dist.world, args.max_bad)
+        else:
+            folder = _SafeImageFolder(args.val, transform, labels)
+            dataset = Subset(folder, range(dist.rank, len(folder), dist.world))  # each image exactly once
+        return DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
+
+    def evaluate(self, model: torch.nn.Module, loader, dist: DistInfo, labels: list[str]) -> dict:
+        return evaluate(model, loader, dist.device, len(labels))
