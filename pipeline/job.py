@@ -22,7 +22,7 @@ from manifests.manifest import atomic_write_bytes, dumps_canonical
 from .assemble import build_manifest, job_fingerprint, write_timm_info
 from .job_config import GenerateConfig
 from .records import RecordSettings
-from .shards import ShardPlan, load_done, plan_shards, remove_stale_temporaries, write_shard
+from .shards import ShardPlan, load_done, plan_shards, remove_stale_temporaries, shuffled, write_shard
 from .sources import open_source
 
 log = logging.getLogger("pipeline")
@@ -115,6 +115,8 @@ def run_job(cfg: GenerateConfig) -> Path:
     """Shard `cfg.source` into `cfg.out`, resuming whatever an earlier run left verified."""
     source = open_source(cfg.source)
     records = source.records[: cfg.limit] if cfg.limit else source.records
+    if cfg.shuffle:
+        records = shuffled(records, cfg.seed)
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = job_fingerprint(cfg, source)

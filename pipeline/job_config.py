@@ -20,6 +20,7 @@ class GenerateConfig:
     limit: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_retries: int = 2
+    shuffle: bool = True
     address: str | None = None
     local: bool = False
     progress: bool = True
@@ -43,7 +44,7 @@ class GenerateConfig:
 
     def output_settings(self) -> dict:
         """What decides the shards' bytes: the same values resume, any change refuses to."""
-        keep = ("variants", "samples_per_shard", "seed", "max_side", "limit", "max_pixels")
+        keep = ("variants", "samples_per_shard", "seed", "max_side", "limit", "max_pixels", "shuffle")
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 
@@ -67,6 +68,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="refuse images declaring more pixels (decompression-bomb guard)")
     p.add_argument("--max-retries", type=int, default=d.max_retries,
                    help="Ray retries of a shard task whose worker died (bounds poison inputs)")
+    p.add_argument("--no-shuffle", dest="shuffle", action="store_false",
+                   help="keep the source order in the shards (default: a seeded permutation, so each shard "
+                        "mixes classes; readers only shuffle within a buffer)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, "
                    "a running local cluster, else a new embedded one)")
     p.add_argument("--local", action="store_true", help="always start a fresh embedded Ray")

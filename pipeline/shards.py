@@ -7,6 +7,7 @@ against its record, keeps what verifies and redoes the rest. No Ray here: the jo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import Counter
@@ -43,6 +44,18 @@ def plan_shards(n_records: int, per_shard: int) -> list[ShardPlan]:
         raise ValueError(f"samples per shard must be > 0, got {per_shard}")
     return [ShardPlan(i, s, min(s + per_shard, n_records))
             for i, s in enumerate(range(0, n_records, per_shard))]
+
+
+def shuffled(records: list[Record], seed: int) -> list[Record]:
+    """A seeded order, so that a shard mixes classes (an ImageFolder lists them one after another).
+
+    Readers shuffle only within a buffer; shards written in class order would give one-class batches.
+    Keys still come from the source index, so they do not change with the order.
+    """
+    def rank(record: Record) -> bytes:
+        return hashlib.sha256(f"{seed}:order:{record.index}".encode()).digest()
+
+    return sorted(records, key=rank)
 
 
 def write_shard(

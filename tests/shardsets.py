@@ -11,7 +11,7 @@ from manifests import encode_image, write_manifest
 from pipeline.assemble import build_manifest
 from pipeline.job_config import GenerateConfig
 from pipeline.records import RecordSettings
-from pipeline.shards import plan_shards, write_shard
+from pipeline.shards import plan_shards, shuffled, write_shard
 from pipeline.sources import demo_source
 
 
@@ -30,7 +30,8 @@ def make_shard_set(out: Path, count: int, per_shard: int, size: int = 32, varian
     out.mkdir(parents=True, exist_ok=True)
     source = demo_source(count, max(size, 32))
     settings = RecordSettings(key_prefix="demo", class_names=tuple(source.classes))
-    done = [write_shard(plan, source.records[plan.start:plan.stop], settings, str(out), "fp",
+    records = shuffled(source.records, seed=0)
+    done = [write_shard(plan, records[plan.start:plan.stop], settings, str(out), "fp",
                         repaint=_fake_repaint(variants))
             for plan in plan_shards(count, per_shard)]
     cfg = GenerateConfig(source=f"demo:{count}:{size}", out=str(out), samples_per_shard=per_shard)

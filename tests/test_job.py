@@ -159,4 +159,14 @@ def test_limit_takes_the_first_records(ray_address, tmp_path):
     manifest = _run("demo:64:64", tmp_path, samples_per_shard=4, limit=10)
     assert manifest["totals"]["inputs"] == manifest["totals"]["samples"] == 10
     assert [s["samples"] for s in manifest["shards"]] == [4, 4, 2]
-    assert manifest["shards"][-1]["last_key"] == "demo-00000009"
+    keys = {s["__key__"] for s in _plain_samples(tmp_path)}
+    assert keys == {f"demo-{i:08d}" for i in range(10)}  # the first 10 of the source, in shuffled order
+
+
+def test_shards_mix_classes_and_no_shuffle_keeps_source_order(ray_address, cifar_subset, tmp_path):
+    _run(f"imagefolder:{cifar_subset}", tmp_path / "mixed", samples_per_shard=20)
+    _run(f"imagefolder:{cifar_subset}", tmp_path / "ordered", samples_per_shard=20, shuffle=False)
+    first = wds.WebDataset(str(tmp_path / "mixed" / "shard-000000.tar"), shardshuffle=False)
+    assert len({int(s["cls"]) for s in first}) >= 5  # 20 of 200 images over 10 classes
+    ordered = wds.WebDataset(str(tmp_path / "ordered" / "shard-000000.tar"), shardshuffle=False)
+    assert {int(s["cls"]) for s in ordered} == {0}

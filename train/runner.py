@@ -75,7 +75,7 @@ def _verified(shard_set: ShardSet, dist: DistInfo) -> ShardSet:
     kept = [s for s in shard_set.shards if Path(s.url).name not in bad_names]
     if not kept:
         raise RuntimeError(f"{shard_set.location}: no shard passed verification")
-    return ShardSet(kept, shard_set.classes, shard_set.variants, shard_set.location)
+    return ShardSet(kept, shard_set.classes, shard_set.variants, shard_set.location, shard_set.categories)
 
 
 def _phase_context(args, task: Task, phase: str, model, ddp_model, dist: DistInfo, steps: int,

@@ -51,6 +51,7 @@ class ShardSet:
     classes: list[str]
     variants: int
     location: str
+    categories: list[dict] | None = None  # COCO categories (id, name) of a detection set
 
     @property
     def samples(self) -> int:
@@ -61,7 +62,8 @@ def open_shard_set(location: str) -> ShardSet:
     """Read the manifest (folder, file or http URL); every shard URL is checked first."""
     manifest, base = load_manifest(location)
     shards = [Shard(resolve_shard(base, s["name"]), s["samples"], s["sha256"]) for s in manifest["shards"]]
-    return ShardSet(shards, list(manifest.get("classes") or []), int(manifest["variants"]), location)
+    return ShardSet(shards, list(manifest.get("classes") or []), int(manifest["variants"]), location,
+                    manifest.get("categories"))
 
 
 def open_stream(url: str):

@@ -1,0 +1,33 @@
+"""Train an EfficientDet on a COCO shard set: `torchrun --nproc_per_node=G train/detect.py --shards PATH ...`.
+
+Phase 1 (`--epochs`): repainted variants (or the original, `--orig-prob`), every variant reusing
+the original's boxes. Phase 2 (`--finetune-epochs`): the originals only, with a fresh LR schedule.
+Evaluation is pycocotools' COCOeval (bbox) on `--val`. No SAGE here: see `--help`.
+"""
+
+import sys
+from pathlib import Path
+
+# Run as a script, Python puts train/ itself on sys.path; drop it so that sibling modules are
+# only ever imported as `train.<name>` and can never shadow a top-level package.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+from train.config import parse_args  # noqa: E402
+from train.detection import DetectionTask  # noqa: E402
+from train.runner import run  # noqa: E402
+from train.stream import TooManyBadSamples  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv, task="detection")
+    try:
+        run(args, DetectionTask())
+    except (ValueError, FileNotFoundError, TooManyBadSamples) as exc:  # bad input: say what, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
