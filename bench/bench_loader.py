@@ -33,7 +33,7 @@ from manifests import encode_image, write_manifest  # noqa: E402
 from pipeline.assemble import build_manifest  # noqa: E402
 from pipeline.job_config import GenerateConfig  # noqa: E402
 from pipeline.records import RecordSettings  # noqa: E402
-from pipeline.shards import plan_shards, shuffled, write_shard  # noqa: E402
+from pipeline.shards import write_shard_set  # noqa: E402
 from pipeline.sources import image_folder_source  # noqa: E402
 from train.stream import ClassificationDecoder, TrainStream, open_shard_set  # noqa: E402
 
@@ -46,10 +46,7 @@ def two_variants(image, key):
 def shard(root: Path, out: Path, repaint) -> Path:
     source = image_folder_source(root)
     settings = RecordSettings("imagefolder", tuple(source.classes))
-    out.mkdir(parents=True)
-    records = shuffled(source.records, seed=0)
-    done = [write_shard(p, records[p.start:p.stop], settings, str(out), "bench", repaint=repaint)
-            for p in plan_shards(len(source.records), 500)]
+    done = write_shard_set(source, out, 500, settings, repaint=repaint)
     manifest = build_manifest(GenerateConfig(source=f"imagefolder:{root}", out=str(out)), source,
                               len(source.records), done)
     manifest["variants"] = 2 if repaint else 0

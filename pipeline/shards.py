@@ -18,7 +18,7 @@ from manifests import shard_name
 from manifests.manifest import atomic_write_bytes, dumps_canonical, fsync_dir, sha256_file
 
 from .records import RecordResult, RecordSettings, Repainter, process_record
-from .sources import Record
+from .sources import Record, Source
 from .tarwriter import ShardTarWriter
 
 PROGRESS_DIR = ".progress"
@@ -125,3 +125,16 @@ def load_done(out_dir: str | Path, plan: ShardPlan, fingerprint: str) -> dict | 
     if sha256_file(shard) != done["sha256"]:
         return None
     return done
+
+
+def write_shard_set(source: Source, out: str | Path, samples_per_shard: int, settings: RecordSettings,
+                    repaint: Repainter | None = None, seed: int = 0) -> list[dict]:
+    """Every shard of `source` in this process, in the job's seeded order: for tests and benchmarks.
+
+    The job (pipeline/job.py) does the same on Ray, with resume; this returns the done-records for
+    `assemble.build_manifest`.
+    """
+    Path(out).mkdir(parents=True, exist_ok=True)
+    records = shuffled(source.records, seed)
+    return [write_shard(plan, records[plan.start:plan.stop], settings, str(out), "in-process", repaint=repaint)
+            for plan in plan_shards(len(records), samples_per_shard)]

@@ -11,7 +11,7 @@ from manifests import encode_image, write_manifest
 from pipeline.assemble import build_manifest
 from pipeline.job_config import GenerateConfig
 from pipeline.records import RecordSettings
-from pipeline.shards import plan_shards, shuffled, write_shard
+from pipeline.shards import write_shard_set
 from pipeline.sources import demo_source
 
 
@@ -27,13 +27,9 @@ def _fake_repaint(variants: int):
 
 
 def make_shard_set(out: Path, count: int, per_shard: int, size: int = 32, variants: int = 0) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
     source = demo_source(count, max(size, 32))
     settings = RecordSettings(key_prefix="demo", class_names=tuple(source.classes))
-    records = shuffled(source.records, seed=0)
-    done = [write_shard(plan, records[plan.start:plan.stop], settings, str(out), "fp",
-                        repaint=_fake_repaint(variants))
-            for plan in plan_shards(count, per_shard)]
+    done = write_shard_set(source, out, per_shard, settings, repaint=_fake_repaint(variants))
     cfg = GenerateConfig(source=f"demo:{count}:{size}", out=str(out), samples_per_shard=per_shard)
     manifest = build_manifest(cfg, source, count, done)
     manifest["variants"] = variants

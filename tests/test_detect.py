@@ -19,7 +19,7 @@ from manifests import write_manifest
 from pipeline.assemble import build_manifest
 from pipeline.job_config import GenerateConfig
 from pipeline.records import RecordSettings
-from pipeline.shards import plan_shards, write_shard
+from pipeline.shards import write_shard_set
 from pipeline.sources import coco_source
 from train.coco_eval import ground_truth, run_cocoeval, to_coco_results
 from train.config import parse_args
@@ -35,9 +35,9 @@ def coco_shards(coco128, tmp_path_factory) -> Path:
     annotations, images = coco128
     out = tmp_path_factory.mktemp("coco_shards")
     source = coco_source(annotations, images)
-    records = source.records[:24]
+    source.records = source.records[:24]
     settings = RecordSettings(key_prefix="coco", class_names=tuple(source.classes), max_side=200)
-    done = [write_shard(p, records[p.start:p.stop], settings, str(out), "fp") for p in plan_shards(24, 8)]
+    done = write_shard_set(source, out, 8, settings)
     cfg = GenerateConfig(source=f"coco:{annotations}:{images}", out=str(out), samples_per_shard=8, max_side=200)
     write_manifest(out, build_manifest(cfg, source, 24, done))
     return out

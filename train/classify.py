@@ -14,19 +14,11 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
 
 from train.classification import ClassificationTask  # noqa: E402
-from train.config import parse_args  # noqa: E402
-from train.runner import run  # noqa: E402
-from train.stream import TooManyBadSamples  # noqa: E402
+from train.runner import cli_main  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        run(args, ClassificationTask())
-    except (ValueError, FileNotFoundError, TooManyBadSamples) as exc:  # bad input: say what, no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return cli_main(argv, ClassificationTask())
 
 
 if __name__ == "__main__":

@@ -80,6 +80,7 @@ def get_args_parser(task: str = "classification") -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--resume", action="store_true", help="continue from OUT/last.pth")
     run.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (0: per epoch)")
+    run.add_argument("--eval-every", type=int, default=1, help="validate every N epochs (and at each phase's end)")
     run.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint on --val")
     run.add_argument("--checkpoint", default=None, help="checkpoint for --eval-only")
     run.add_argument("--cpu", action="store_true", help="stay on CPU even when CUDA is available")
@@ -120,7 +121,7 @@ def validate(args: argparse.Namespace) -> list[str]:
         "--batch-size": args.batch_size > 0, "--img-size": args.img_size >= 8, "--workers": args.workers >= 0,
         "--epochs": args.epochs >= 0, "--finetune-epochs": args.finetune_epochs >= 0,
         "--orig-prob": 0 <= args.orig_prob <= 1, "--lr": args.lr > 0, "--max-bad": args.max_bad >= 0,
-        "--checkpoint-every": args.checkpoint_every >= 0,
+        "--checkpoint-every": args.checkpoint_every >= 0, "--eval-every": args.eval_every >= 1,
     }
     if args.task == "classification":
         checks.update({"--update-ratio": 0 <= args.update_ratio <= 1, "--rand-pos": 0 < args.rand_pos <= 1,

@@ -10,6 +10,7 @@ import argparse
 import csv
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,6 +46,20 @@ class Task(Protocol):
     def phase_parts(self, args, num_classes: int) -> dict: ...
     def val_loader(self, args, dist: DistInfo, labels: list[str]) -> DataLoader | None: ...
     def evaluate(self, model: torch.nn.Module, loader, dist: DistInfo, labels: list[str]) -> dict: ...
+
+
+def cli_main(argv: list[str] | None, task: Task) -> int:
+    """The trainers' entry point: parse flags for `task`, run, and turn bad input into one error line."""
+    from .config import parse_args
+    from .stream import TooManyBadSamples
+
+    args = parse_args(argv, task=task.name)
+    try:
+        run(args, task)
+    except (ValueError, FileNotFoundError, TooManyBadSamples) as exc:  # bad input: say what, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run(args: argparse.Namespace, task: Task) -> dict:
@@ -186,10 +201,11 @@ def _train(args, dist: DistInfo, out: Path, task: Task) -> dict:
 
             stats = train_one_epoch(ctx, loader, epoch_key, start_step, steps, on_step=checkpoint,
                                     progress=args.progress and dist.is_main)
-            eval_model = ema.module if ema is not None else model
-            val = task.evaluate(eval_model, val_loader, dist, labels) if val_loader is not None else {}
-            row = _epoch_row(phase, epoch, stats, ctx.optimizer.param_groups[0]["lr"], val, dist)
             done = epoch + 1 == epochs
+            eval_model = ema.module if ema is not None else model
+            evaluate_now = val_loader is not None and (done or (epoch + 1) % args.eval_every == 0)
+            val = task.evaluate(eval_model, val_loader, dist, labels) if evaluate_now else {}
+            row = _epoch_row(phase, epoch, stats, ctx.optimizer.param_groups[0]["lr"], val, dist)
             nxt = {"phase": phase_index + done, "epoch": 0 if done else epoch + 1, "step": 0}
             _save(out, args, dist, model, ema, ctx, nxt)
             if dist.is_main:
