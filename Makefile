@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_shard_job.py
 	$(BIN)/python bench/bench_loader.py
 	$(BIN)/python bench/bench_sage.py
+	$(BIN)/python bench/bench_detect.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
