@@ -145,3 +145,26 @@ def encode_image(image: Image.Image, fmt: str) -> bytes:
     else:
         raise ValueError(f"cannot encode to {fmt!r}; use 'jpg' or 'png'")
     return buf.getvalue()
+
+
+def encode_label_map(labels: np.ndarray) -> bytes:
+    """A label map (H x W, values < 65536) as a 16-bit grayscale PNG, exactly."""
+    if labels.ndim != 2 or labels.min(initial=0) < 0 or labels.max(initial=0) > 65535:
+        raise ValueError(f"a label map must be 2-D with values in 0..65535, got shape {labels.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(labels.astype(np.uint16)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_label_map(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The exact uint16 values of a label-map PNG (never scaled, unlike decode_image)."""
+    try:
+        img = Image.open(io.BytesIO(data), formats=["PNG"])
+        if img.width * img.height > max_pixels:
+            raise ImageDecodeError(name, f"label map of {img.width}x{img.height} is above the pixel cap")
+        img.load()
+    except (OSError, SyntaxError, UnidentifiedImageError) as exc:
+        raise ImageDecodeError(name, f"not a readable PNG label map: {exc}") from None
+    if img.mode not in ("I;16", "I;16B", "I", "L"):
+        raise ImageDecodeError(name, f"label map must be 8- or 16-bit grayscale, got mode {img.mode}")
+    return np.asarray(img).astype(np.uint16)
