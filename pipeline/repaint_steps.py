@@ -1,0 +1,139 @@
+"""The repainter's losses and its two alternating steps (the Repaint paper's schedule).
+
+D/T step: the discriminator learns real vs painted (hinge); the proxy task T learns on real and
+painted images. E/G step: hinge GAN + feature matching (x10) + KLD (x0.05) + the task loss of T on
+painted images (x `task_weight`; 0 is the paper's "Repaint w/o task-loss"). E, G, D and T stay
+separate modules with separate optimizers (and, under DDP, separate wrappers: one module with a
+mode switch breaks DDP's gradient reductions).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .repaint_nets import Encoder, Generator, MultiScaleDiscriminator, reparameterize
+
+
+@dataclass
+class RepainterConfig:
+    label_channels: int = 17  # 16 segment channels (by area rank, last = "other") + boundary
+    num_classes: int = 10
+    multilabel: bool = False  # COCO: which categories are present (BCE), else CE
+    z_channels: int = 16
+    ngf: int = 32
+    spade_hidden: int = 64
+    num_up: int = 4
+    ndf: int = 32
+    d_layers: int = 3
+    d_scales: int = 2
+    norm: str = "instance"
+    task_model: str = "resnet18"
+    task_weight: float = 1.0
+    fm_weight: float = 10.0
+    kld_weight: float = 0.05
+    lr_g: float = 1e-4
+    lr_d: float = 4e-4
+    d_steps: int = 2  # D/T iterations per E/G iteration
+
+
+class RepainterNets:
+    """E, G, D and T with their optimizers (Adam, betas (0, 0.999), as SPADE)."""
+
+    def __init__(self, cfg: RepainterConfig):
+        self.cfg = cfg
+        self.E = Encoder(cfg.z_channels, cfg.ndf, cfg.num_up)
+        self.G = Generator(cfg.label_channels, cfg.z_channels, cfg.ngf, cfg.num_up, cfg.spade_hidden, cfg.norm)
+        self.D = MultiScaleDiscriminator(cfg.label_channels, cfg.ndf, cfg.d_layers, cfg.d_scales)
+        self.T = timm.create_model(cfg.task_model, pretrained=False, num_classes=cfg.num_classes)
+        betas = (0.0, 0.999)
+        self.opt_g = torch.optim.Adam([*self.E.parameters(), *self.G.parameters()], lr=cfg.lr_g, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
+        self.opt_t = torch.optim.Adam(self.T.parameters(), lr=cfg.lr_d, betas=betas)
+
+    def paint(self, image: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None):
+        mu, logvar = self.E(image)
+        return self.G(reparameterize(mu, logvar, generator), labels), mu, logvar
+
+
+def hinge_d(real: list[list[torch.Tensor]], fake: list[list[torch.Tensor]]) -> torch.Tensor:
+    return sum(F.relu(1 - r[-1]).mean() + F.relu(1 + f[-1]).mean() for r, f in zip(real, fake, strict=True))
+
+
+def hinge_g(fake: list[list[torch.Tensor]]) -> torch.Tensor:
+    return sum(-f[-1].mean() for f in fake)
+
+
+def feature_matching(real: list[list[torch.Tensor]], fake: list[list[torch.Tensor]]) -> torch.Tensor:
+    """L1 between D's intermediate features of real and painted images, averaged over scales."""
+    total = sum(F.l1_loss(f, r.detach()) for rs, fs in zip(real, fake, strict=True)
+                for r, f in zip(rs[:-1], fs[:-1], strict=True))
+    return total / len(real)
+
+
+def kld(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    return -0.5 * torch.mean(1 + logvar - mu.pow(2) - logvar.exp())
+
+
+def task_loss(logits: torch.Tensor, target: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    if multilabel:
+        return F.binary_cross_entropy_with_logits(logits, target.float())
+    return F.cross_entropy(logits, target)
+
+
+@contextmanager
+def frozen(*modules: nn.Module):
+    """Neither gradients nor running statistics for these modules while another step runs through them
+    (a BatchNorm in train mode would otherwise drift towards painted images)."""
+    flags = [[p.requires_grad for p in m.parameters()] for m in modules]
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.requires_grad_(False)
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, saved, mode in zip(modules, flags, modes, strict=True):
+            m.train(mode)
+            for p, flag in zip(m.parameters(), saved, strict=True):
+                p.requires_grad_(flag)
+
+
+def d_t_step(nets: RepainterNets, image: torch.Tensor, labels: torch.Tensor, target: torch.Tensor,
+             generator: torch.Generator | None = None) -> dict[str, float]:
+    """One D and T update; E and G are only run, never changed."""
+    with torch.no_grad(), frozen(nets.E, nets.G):  # eval: spectral norm's power iteration stays put
+        painted, _, _ = nets.paint(image, labels, generator)
+    loss_d = hinge_d(nets.D(image, labels), nets.D(painted, labels))
+    nets.opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    nets.opt_d.step()
+    both = torch.cat([image, painted])
+    loss_t = task_loss(nets.T(both), torch.cat([target, target]), nets.cfg.multilabel)
+    nets.opt_t.zero_grad(set_to_none=True)
+    loss_t.backward()
+    nets.opt_t.step()
+    return {"d": loss_d.item(), "t": loss_t.item()}
+
+
+def g_step(nets: RepainterNets, image: torch.Tensor, labels: torch.Tensor, target: torch.Tensor,
+           generator: torch.Generator | None = None) -> dict[str, float]:
+    """One E/G update: GAN + feature matching + KLD + task loss flowing back through a frozen T."""
+    cfg = nets.cfg
+    with frozen(nets.D, nets.T):
+        painted, mu, logvar = nets.paint(image, labels, generator)
+        fake, real = nets.D(painted, labels), nets.D(image, labels)
+        losses = {"gan": hinge_g(fake), "fm": feature_matching(real, fake) * cfg.fm_weight,
+                  "kld": kld(mu, logvar) * cfg.kld_weight}
+        if cfg.task_weight > 0:
+            losses["task"] = task_loss(nets.T(painted), target, cfg.multilabel) * cfg.task_weight
+        total = sum(losses.values())
+        nets.opt_g.zero_grad(set_to_none=True)
+        total.backward()
+    nets.opt_g.step()
+    return {"g_total": total.item(), **{k: v.item() for k, v in losses.items()}}
