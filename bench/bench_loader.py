@@ -38,7 +38,7 @@ from pipeline.sources import image_folder_source  # noqa: E402
 from train.stream import ClassificationDecoder, TrainStream, open_shard_set  # noqa: E402
 
 
-def two_variants(image, key):
+def two_variants(image, key, meta):
     return {"rp0.jpg": encode_image(ImageOps.invert(image), "jpg"),
             "rp1.jpg": encode_image(ImageOps.posterize(image, 3), "jpg")}
 

@@ -27,8 +27,8 @@ from manifests.imageio import DEFAULT_MAX_PIXELS
 
 from .sources import Record
 
-# Repainting hook (next stage): (image, key) -> {field: bytes}, e.g. {"rp0.jpg": ...}.
-Repainter = Callable[[Image.Image, str], dict[str, bytes]]
+# Repainting hook (pipeline/repaint.py): (image, key, metadata) -> {field: bytes}, e.g. {"rp0.jpg": ...}.
+Repainter = Callable[[Image.Image, str, dict], dict[str, bytes]]
 
 
 @dataclass(frozen=True)
@@ -142,8 +142,8 @@ def process_record(
     if label is not None:
         sample[FIELD_CLS] = str(label).encode()
     if repaint is not None:
-        sample.update(repaint(image, key))
-    meta["fields"] = sorted(k for k in sample if k != "__key__") + [FIELD_JSON]
+        sample.update(repaint(image, key, meta))
+    meta["fields"] = sorted([*(k for k in sample if k != "__key__"), FIELD_JSON])
     sample[FIELD_JSON] = json.dumps(meta, sort_keys=True, ensure_ascii=True).encode()
     _check_fields(tuple(sample))
     return RecordResult(sample, None, decoded.notes, n_boxes)

@@ -17,7 +17,7 @@ from pipeline.sources import demo_source
 
 def _fake_repaint(variants: int):
     """Stand-in variants (inverted / posterized colours): enough to exercise variant choice."""
-    def repaint(image, key):
+    def repaint(image, key, meta):
         out = {}
         for v in range(variants):
             painted = ImageOps.invert(image) if v % 2 == 0 else ImageOps.posterize(image, 2)

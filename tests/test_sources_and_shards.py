@@ -114,7 +114,7 @@ def test_a_killed_writer_leaves_no_final_name_and_temporaries_are_removed(tmp_pa
     class Boom(Exception):
         pass
 
-    def exploding_repaint(image, key):  # a crash that is not a per-record error
+    def exploding_repaint(image, key, meta):  # a crash that is not a per-record error
         raise Boom
 
     settings = _settings(source)

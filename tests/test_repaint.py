@@ -1,0 +1,78 @@
+"""Shard-time repainting from a checkpoint: sizes, seeds, label maps, and the records hook."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from manifests.imageio import decode_label_map
+from pipeline.records import RecordSettings, process_record
+from pipeline.repaint import Repaint, load_repainter, save_repainter
+from pipeline.repaint_nets import Encoder, Generator
+from pipeline.repaint_steps import RepainterConfig
+from pipeline.segment import FelzenszwalbSegmenter
+from pipeline.sources import demo_source
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = RepainterConfig(label_channels=9, z_channels=4, ngf=8, spade_hidden=8, num_up=3, ndf=8)
+    path = tmp_path_factory.mktemp("ckpt") / "repainter.pth"
+    sha = save_repainter(path, cfg, Encoder(4, 8, 3), Generator(9, 4, 8, 3, 8), step=5)
+    return path, sha
+
+
+def _image() -> Image.Image:
+    data, _ = demo_source(4, 72).records[1].read()
+    return Image.open(io.BytesIO(data)).convert("RGB").resize((72, 56))  # not square, not a multiple of 8
+
+
+def test_checkpoint_round_trip_with_weights_only(checkpoint):
+    path, sha = checkpoint
+    cfg, encoder, generator, info = load_repainter(path)
+    assert cfg.label_channels == 9 and info["sha256"] == sha and info["step"] == 5
+    assert not encoder.training and not generator.training
+
+
+def test_variants_keep_the_stored_size_and_repeat_per_seed(checkpoint):
+    image = _image()
+    a = Repaint(checkpoint[0], FelzenszwalbSegmenter(), variants=3, seed=1, repaint_size=32)(image, "k-1", {})
+    b = Repaint(checkpoint[0], FelzenszwalbSegmenter(), variants=3, seed=1, repaint_size=32)(image, "k-1", {})
+    c = Repaint(checkpoint[0], FelzenszwalbSegmenter(), variants=3, seed=2, repaint_size=32)(image, "k-1", {})
+    assert sorted(a) == ["rp0.jpg", "rp1.jpg", "rp2.jpg", "seg.png"] and a == b and a["rp0.jpg"] != c["rp0.jpg"]
+    for v in range(3):
+        assert Image.open(io.BytesIO(a[f"rp{v}.jpg"])).size == image.size
+    assert len({a["rp0.jpg"], a["rp1.jpg"], a["rp2.jpg"]}) == 3
+    labels = decode_label_map(a["seg.png"], "seg.png")
+    assert np.array_equal(labels, FelzenszwalbSegmenter()(image))
+
+
+def test_records_hook_writes_variants_and_label_map(checkpoint):
+    source = demo_source(2, 64)
+    repaint = Repaint(checkpoint[0], FelzenszwalbSegmenter(), variants=2, seed=0, repaint_size=32)
+    sample = process_record(source.records[0], RecordSettings("demo", tuple(source.classes)), repaint).sample
+    meta = json.loads(sample["json"])
+    assert {"png", "cls", "json", "rp0.jpg", "rp1.jpg", "seg.png"} == set(sample) - {"__key__"}
+    assert meta["fields"] == ["cls", "json", "png", "rp0.jpg", "rp1.jpg", "seg.png"]
+
+
+def test_bad_checkpoints_and_sizes_are_named(checkpoint, tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"nope")
+    with pytest.raises(ValueError, match="bad.pth: not a loadable repainter checkpoint"):
+        load_repainter(bad)
+    torch.save({"format": "other"}, bad)
+    with pytest.raises(ValueError, match="bad.pth: not a repainter-v1 checkpoint"):
+        load_repainter(bad)
+    with pytest.raises(FileNotFoundError, match="missing.pth: repainter checkpoint not found"):
+        load_repainter(tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="--repaint-size 30 must be a multiple of 8"):
+        Repaint(checkpoint[0], FelzenszwalbSegmenter(), variants=1, seed=0, repaint_size=30)
