@@ -14,6 +14,7 @@ import argparse
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if not CIFAR.exists():
         raise SystemExit(f"needs {CIFAR} (the project's shared data)")
@@ -79,23 +81,35 @@ def main() -> None:
         root = extract(args.images, work / "cifar")
         transform = create_transform(32, is_training=True, scale=(0.35, 1.0), color_jitter=0.0)
         folder = torchvision.datasets.ImageFolder(str(root), transform=transform)
-        baseline = images_per_s(DataLoader(folder, batch_size=args.batch_size, shuffle=True,
-                                           num_workers=args.workers, drop_last=True), args.epochs)
-        rates = {}
-        for name, repaint in (("original-only shards", None), ("repainted shards (2 variants)", two_variants)):
-            shard_set = open_shard_set(str(shard(root, work / name.split()[0], repaint)))
-            steps = shard_set.samples // args.batch_size
-            stream = TrainStream(shard_set, ClassificationDecoder(transform), args.batch_size, steps, rank=0,
-                                 world=1, seed=0, orig_prob=0.5, use_variants=True, max_bad=0)
-            rates[name] = images_per_s(DataLoader(stream, batch_size=args.batch_size,
-                                                  num_workers=args.workers), args.epochs)
+        shard_sets = {name: open_shard_set(str(shard(root, work / name.split()[0], repaint)))
+                      for name, repaint in (("original-only shards", None),
+                                            ("repainted shards (2 variants)", two_variants))}
+
+        def loader(name: str) -> DataLoader:
+            if name == "ImageFolder + DataLoader":
+                return DataLoader(folder, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                                  drop_last=True)
+            shard_set = shard_sets[name]
+            stream = TrainStream(shard_set, ClassificationDecoder(transform), args.batch_size,
+                                 shard_set.samples // args.batch_size, rank=0, world=1, seed=0, orig_prob=0.5,
+                                 use_variants=True, max_bad=0)
+            return DataLoader(stream, batch_size=args.batch_size, num_workers=args.workers)
+
+        # Rounds interleave the loaders so that machine noise hits all of them alike; medians are quoted.
+        names = ["ImageFolder + DataLoader", *shard_sets]
+        rounds = [{name: images_per_s(loader(name), args.epochs) for name in names} for _ in range(args.rounds)]
         print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-              f"{args.workers} workers, batch {args.batch_size}, {len(folder)} CIFAR-10 images")
-        print(f"ImageFolder + DataLoader     : {baseline:8.0f} img/s")
-        for name, rate in rates.items():
-            print(f"{name:29s}: {rate:8.0f} img/s   x{rate / baseline:.2f} vs ImageFolder")
-        ratio = rates["repainted shards (2 variants)"] / rates["original-only shards"]
-        print(f"repainted vs original-only   : x{ratio:.2f}")
+              f"{args.workers} workers, batch {args.batch_size}, {len(folder)} CIFAR-10 images, "
+              f"median of {args.rounds} interleaved rounds [min-max]")
+        base = [r["ImageFolder + DataLoader"] for r in rounds]
+        print(f"{'ImageFolder + DataLoader':29s}: {statistics.median(base):8.0f} img/s")
+        for name in shard_sets:
+            ratios = [r[name] / r["ImageFolder + DataLoader"] for r in rounds]
+            print(f"{name:29s}: {statistics.median(r[name] for r in rounds):8.0f} img/s   "
+                  f"x{statistics.median(ratios):.2f} vs ImageFolder [{min(ratios):.2f}-{max(ratios):.2f}]")
+        ratios = [r["repainted shards (2 variants)"] / r["original-only shards"] for r in rounds]
+        print(f"{'repainted vs original-only':29s}: x{statistics.median(ratios):.2f} "
+              f"[{min(ratios):.2f}-{max(ratios):.2f}]")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -16,6 +16,7 @@ import io
 import os
 import platform
 import shutil
+import statistics
 import tarfile
 import tempfile
 import time
@@ -86,6 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--samples-per-shard", type=int, default=250)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if not CIFAR.exists():
         raise SystemExit(f"needs {CIFAR} (the project's shared data)")
@@ -96,17 +98,27 @@ def main() -> None:
         root = extract(args.images, work / "cifar")
         files = sorted(root.rglob("*.jpg"))
         bare_loop(files[:200], reencode=True)  # warm the page cache and Pillow
-        reencode = bare_loop(files, reencode=True)
-        decode = bare_loop(files, reencode=False)
-        print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+        # Rounds interleave the bare loops and the job so that machine noise hits them alike.
+        rounds = []
+        for r in range(args.rounds):
+            row = {"reencode": bare_loop(files, reencode=True), "decode": bare_loop(files, reencode=False)}
+            for workers in (1, 2):
+                row[workers], row[f"start{workers}"] = job_rate(root, work / f"out{r}-{workers}", workers,
+                                                                args.samples_per_shard, ray_temp)
+            rounds.append(row)
+        med = {k: statistics.median(row[k] for row in rounds) for k in rounds[0]}
+        print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+              f"median of {args.rounds} interleaved rounds [min-max]")
         print(f"{len(files)} CIFAR-10 images, {args.samples_per_shard} per shard")
-        print(f"bare loop decode+re-encode : {reencode:8.0f} rec/s")
-        print(f"bare loop decode only      : {decode:8.0f} rec/s")
+        print(f"bare loop decode+re-encode : {med['reencode']:8.0f} rec/s")
+        print(f"bare loop decode only      : {med['decode']:8.0f} rec/s")
         for workers in (1, 2):
-            rate, startup = job_rate(root, work / f"out{workers}", workers, args.samples_per_shard, ray_temp)
-            print(f"job, {workers} worker(s)           : {rate:8.0f} rec/s   "
-                  f"x{rate / reencode:.2f} vs decode+re-encode, x{rate / decode:.2f} vs decode only"
-                  f"   (cluster start {startup:.1f} s, excluded)")
+            vs_re = [row[workers] / row["reencode"] for row in rounds]
+            vs_dec = [row[workers] / row["decode"] for row in rounds]
+            print(f"job, {workers} worker(s)           : {med[workers]:8.0f} rec/s   "
+                  f"x{statistics.median(vs_re):.2f} vs decode+re-encode [{min(vs_re):.2f}-{max(vs_re):.2f}], "
+                  f"x{statistics.median(vs_dec):.2f} vs decode only   "
+                  f"(cluster start {med[f'start{workers}']:.1f} s, excluded)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(ray_temp, ignore_errors=True)

@@ -40,7 +40,7 @@ class GenerateConfig:
         if bad:
             raise ValueError(f"invalid value for {', '.join(bad)} (see --help)")
         if self.variants > 0:
-            raise ValueError("--variants > 0 needs the repainter, which this version does not ship yet")
+            raise ValueError("--variants > 0 needs the repainter, which is not wired into the job yet")
 
     def output_settings(self) -> dict:
         """What decides the shards' bytes: the same values resume, any change refuses to."""

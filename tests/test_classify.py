@@ -193,3 +193,13 @@ def test_verify_drops_a_corrupted_shard_before_training(tmp_path, caplog):
     kept = _verified(open_shard_set(str(root)), DistInfo(0, 1, 0, torch.device("cpu")))
     assert [Path(s.url).name for s in kept.shards] == ["shard-000000.tar", "shard-000002.tar"]
     assert "--verify: shard-000001.tar: sha256 mismatch: expected" in caplog.text
+
+
+@pytest.mark.timeout(300)
+def test_eval_every_validates_only_on_those_epochs_and_at_the_end(demo_shards, tmp_path):
+    run = tmp_path / "run"
+    _finish(_classify(["--shards", str(demo_shards), "--val", str(demo_shards), "--batch-size", "32",
+                       "--workers", "0", "--mix", "none", "--epochs", "3", "--finetune-epochs", "1",
+                       "--eval-every", "2", "--out", str(run)]))
+    rows = [(r["phase"], r["epoch"], r["top1"] != "") for r in _rows(run)]
+    assert rows == [("train", "0", False), ("train", "1", True), ("train", "2", True), ("finetune", "0", True)]
