@@ -73,7 +73,7 @@ def make_shards(out: Path) -> Path:
     source = coco_source(ANNOTATIONS, IMAGES)
     settings = RecordSettings(key_prefix="coco", class_names=tuple(source.classes))
     done = write_shard_set(source, out, 32, settings)
-    cfg = GenerateConfig(source=f"coco:{ANNOTATIONS}:{IMAGES}", out=str(out), samples_per_shard=32)
+    cfg = GenerateConfig(source=f"coco:{ANNOTATIONS}:{IMAGES}", out=str(out), samples_per_shard=32, variants=0)
     write_manifest(out, build_manifest(cfg, source, 128, done))
     return out
 

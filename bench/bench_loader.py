@@ -48,7 +48,7 @@ def shard(root: Path, out: Path, repaint) -> Path:
     source = image_folder_source(root)
     settings = RecordSettings("imagefolder", tuple(source.classes))
     done = write_shard_set(source, out, 500, settings, repaint=repaint)
-    manifest = build_manifest(GenerateConfig(source=f"imagefolder:{root}", out=str(out)), source,
+    manifest = build_manifest(GenerateConfig(source=f"imagefolder:{root}", out=str(out), variants=0), source,
                               len(source.records), done)
     manifest["variants"] = 2 if repaint else 0
     write_manifest(out, manifest)

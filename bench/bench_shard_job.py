@@ -75,7 +75,7 @@ def job_rate(root: Path, out: Path, workers: int, per_shard: int, ray_temp: str)
     try:
         start = time.perf_counter()
         run_job(GenerateConfig(source=f"imagefolder:{root}", out=str(out), workers=workers,
-                               samples_per_shard=per_shard, progress=False))
+                               samples_per_shard=per_shard, progress=False, variants=0))
         elapsed = time.perf_counter() - start
     finally:
         ray.shutdown()

@@ -60,6 +60,12 @@ def show(path: str) -> int:
     prov = m["provenance"]
     lines.append(f"code        git {prov.get('git_revision', 'unknown')}")
     lines.append("packages    " + ", ".join(f"{k} {v}" for k, v in sorted(prov["packages"].items())))
+    if m.get("segmenter"):
+        lines.append(f"segmenter   {m['segmenter']['name']} {m['segmenter']['params']}")
+    if m.get("repainter"):
+        r = m["repainter"]
+        lines.append(f"repainter   sha256 {r['sha256'][:16]}..  step {r['step']}  painted at {r['repaint_size']}px"
+                     f"  fraction {r['repaint_fraction']}")
     if m.get("preview"):
         lines.append(f"preview     {manifest_path(path).parent / m['preview']}")
     print("\n".join(lines))

@@ -48,7 +48,8 @@ def job_fingerprint(cfg: GenerateConfig, source: Source) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
-def build_manifest(cfg: GenerateConfig, source: Source, n_inputs: int, done: list[dict]) -> dict:
+def build_manifest(cfg: GenerateConfig, source: Source, n_inputs: int, done: list[dict],
+                   repaint_info: dict | None = None) -> dict:
     done = sorted(done, key=lambda d: d["index"])
     skipped = [s for d in done for s in d["skipped"]]
     conversions: Counter = Counter()
@@ -68,11 +69,27 @@ def build_manifest(cfg: GenerateConfig, source: Source, n_inputs: int, done: lis
         "classes": source.classes, "categories": source.categories,
         "source": source.provenance, "skipped": skipped, "conversions": dict(conversions),
         "fields": {"original": "jpg|png", "label": "cls (classification sources)",
-                   "metadata": "json", "variants": [f"rp{i}.jpg" for i in range(cfg.variants)]},
-        "segmenter": None, "repainter": None, "variants": cfg.variants,
+                   "metadata": "json", "variants": [f"rp{i}.jpg" for i in range(cfg.variants)],
+                   "label_map": "seg.png (16-bit segment ids, with the variants)" if cfg.variants else None},
+        **_repaint_entries(cfg, repaint_info), "variants": cfg.variants,
         "seed": cfg.seed, "seed_rule": SEED_RULE, "config": cfg.output_settings(),
         "provenance": {"packages": package_versions(), "git_revision": git_revision()},
         "preview": None,
+    }
+
+
+def _repaint_entries(cfg: GenerateConfig, info: dict | None) -> dict:
+    if not cfg.variants or info is None:
+        return {"segmenter": None, "repainter": None}
+    from .segment import make_segmenter  # skimage only when repainting
+
+    segmenter = make_segmenter(cfg.segmenter)
+    return {
+        "segmenter": {"name": segmenter.name, "params": segmenter.params},
+        "repainter": {"sha256": info["sha256"], "step": info["step"], "config": info["config"],
+                      "trained_by_this_job": info["trained_by_this_job"], "training": info.get("training"),
+                      "repaint_size": cfg.repaint_size, "repaint_fraction": cfg.repaint_fraction,
+                      "file": "repainter/repainter.pt" if info["trained_by_this_job"] else None},
     }
 
 

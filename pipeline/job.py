@@ -6,11 +6,10 @@ This is the only module of `pipeline` that imports ray. Every task is a plain ca
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import ray
@@ -21,7 +20,9 @@ from manifests.manifest import atomic_write_bytes, dumps_canonical
 
 from .assemble import build_manifest, job_fingerprint, write_timm_info
 from .job_config import GenerateConfig
+from .preview import write_preview
 from .records import RecordSettings
+from .repaint_job import obtain_repainter, start_writers
 from .shards import ShardPlan, load_done, plan_shards, remove_stale_temporaries, shuffled, write_shard
 from .sources import open_source
 
@@ -34,33 +35,48 @@ class JobError(RuntimeError):
     """The job cannot go on; the message says which shard or setting and why."""
 
 
-@contextmanager
-def ray_session(cfg: GenerateConfig) -> Iterator[None]:
-    """Join RAY_ADDRESS / --address / a running local cluster, else start an embedded one."""
-    if ray.is_initialized():  # the caller owns the session (e.g. a notebook or a test)
-        yield
-        return
-    runtime_env = {"env_vars": {"OMP_NUM_THREADS": "1"}}
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
-    if not address and not cfg.local and Path("/tmp/ray/ray_current_cluster").exists():
-        address = "auto"
-    started = False
-    if address and not cfg.local:
-        try:
-            ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
-            started = True
-        except ConnectionError:
-            if address != "auto":  # an address the user named must be reachable
-                raise
-            log.warning("no live cluster behind /tmp/ray/ray_current_cluster; starting one")
-    if not started:
+class RaySession:
+    """Ray, started on first use (a resume with nothing left to do never starts it).
+
+    Joins RAY_ADDRESS / --address / a running local cluster, else starts an embedded one, which it
+    shuts down on exit. A session the caller already opened (a notebook, a test) is used and kept.
+    """
+
+    def __init__(self, cfg: GenerateConfig):
+        self.cfg, self.owned = cfg, False
+
+    def start(self) -> None:
+        if ray.is_initialized():
+            return
+        cfg = self.cfg
+        runtime_env = {"env_vars": {"OMP_NUM_THREADS": "1"}}
+        # Workers log at ERROR: Ray Train's helpers otherwise warn every second that the State API
+        # (a dashboard feature this install leaves out) is unavailable.
+        quiet = ray.LoggingConfig(encoding="TEXT", log_level="ERROR")
+        address = cfg.address or os.environ.get("RAY_ADDRESS")
+        if not address and not cfg.local and Path("/tmp/ray/ray_current_cluster").exists():
+            address = "auto"
+        if address and not cfg.local:
+            try:
+                ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING,
+                         logging_config=quiet)
+                self.owned = True
+                return
+            except ConnectionError:
+                if address != "auto":  # an address the user named must be reachable
+                    raise
+                log.warning("no live cluster behind /tmp/ray/ray_current_cluster; starting one")
         ray.init(address="local", num_cpus=cfg.workers, include_dashboard=False,
                  object_store_memory=LOCAL_OBJECT_STORE_BYTES, runtime_env=runtime_env,
-                 logging_level=logging.WARNING)
-    try:
-        yield
-    finally:
-        ray.shutdown()
+                 logging_level=logging.WARNING, logging_config=quiet)
+        self.owned = True
+
+    def __enter__(self) -> RaySession:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.owned:
+            ray.shutdown()
 
 
 def _claim_out_dir(out: Path, fingerprint: str, description: dict) -> None:
@@ -79,8 +95,16 @@ def _claim_out_dir(out: Path, fingerprint: str, description: dict) -> None:
 
 
 def _write_shards(cfg: GenerateConfig, todo: list[ShardPlan], records: list, settings: RecordSettings,
-                  out: Path, fingerprint: str) -> list[dict]:
+                  out: Path, fingerprint: str, repainter: Path | None) -> list[dict]:
+    """Plain tasks without a repainter; with one, a pool of actors that each load it once."""
     task = ray.remote(num_cpus=1, max_retries=cfg.max_retries)(write_shard)
+    # A slot is None (a task; 2 per worker keep the CPUs busy) or an actor (one shard at a time).
+    free = start_writers(cfg, repainter) if repainter else [None] * (2 * cfg.workers)
+
+    def launch(slot, plan: ShardPlan):
+        args = (plan, records[plan.start:plan.stop], settings, str(out), fingerprint)
+        return task.remote(*args) if slot is None else slot.write.remote(*args)
+
     pending: dict = {}
     queue = list(todo)
     done: list[dict] = []
@@ -90,13 +114,13 @@ def _write_shards(cfg: GenerateConfig, todo: list[ShardPlan], records: list, set
     with bar:
         while queue or pending:
             # Keep a bounded number of shards in flight: enough to overlap, not all at once.
-            while queue and len(pending) < 2 * cfg.workers:
-                plan = queue.pop(0)
-                ref = task.remote(plan, records[plan.start:plan.stop], settings, str(out), fingerprint)
-                pending[ref] = plan
+            while queue and free:
+                slot, plan = free.pop(), queue.pop(0)
+                pending[launch(slot, plan)] = (plan, slot)
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
-                plan = pending.pop(ref)
+                plan, slot = pending.pop(ref)
+                free.append(slot)
                 try:
                     result = ray.get(ref)
                 except ray.exceptions.RayError as exc:
@@ -125,14 +149,22 @@ def run_job(cfg: GenerateConfig) -> Path:
     settings = RecordSettings(key_prefix=source.kind, class_names=tuple(source.classes),
                               max_side=cfg.max_side, max_pixels=cfg.max_pixels)
     plans = plan_shards(len(records), cfg.samples_per_shard)
-    done = [d for p in plans if (d := load_done(out, p, fingerprint)) is not None]
-    todo = [p for p in plans if p.name not in {d["name"] for d in done}]
-    log.info("%d inputs, %d shards: %d verified from an earlier run, %d to write; "
-             "%d stale temporaries removed", len(records), len(plans), len(done), len(todo), removed)
-    if todo:
-        with ray_session(cfg):
-            done += _write_shards(cfg, todo, records, settings, out, fingerprint)
-    manifest = build_manifest(cfg, source, len(records), done)
+    with RaySession(cfg) as session:
+        repainter, repaint_info = None, None
+        if cfg.variants:
+            repainter, repaint_info = obtain_repainter(cfg, source, records, settings, out, session.start)
+            # Shards painted by other weights are other shards: the repainter's hash joins the fingerprint.
+            fingerprint = hashlib.sha256(f"{fingerprint}:{repaint_info['sha256']}".encode()).hexdigest()
+        done = [d for p in plans if (d := load_done(out, p, fingerprint)) is not None]
+        todo = [p for p in plans if p.name not in {d["name"] for d in done}]
+        log.info("%d inputs, %d shards: %d verified from an earlier run, %d to write; "
+                 "%d stale temporaries removed", len(records), len(plans), len(done), len(todo), removed)
+        if todo:
+            session.start()
+            done += _write_shards(cfg, todo, records, settings, out, fingerprint, repainter)
+    manifest = build_manifest(cfg, source, len(records), done, repaint_info)
+    if cfg.variants:
+        manifest["preview"] = write_preview(out, [s["name"] for s in manifest["shards"]], cfg.variants)
     write_manifest(out, manifest)  # last: a manifest means every shard it lists is done
     write_timm_info(out, manifest)
     t = manifest["totals"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from manifests.imageio import DEFAULT_MAX_PIXELS
 
@@ -12,7 +13,7 @@ from manifests.imageio import DEFAULT_MAX_PIXELS
 class GenerateConfig:
     source: str = "demo"
     out: str | None = None
-    variants: int = 0
+    variants: int = 4
     samples_per_shard: int = 128
     seed: int = 0
     workers: int = 2
@@ -24,6 +25,19 @@ class GenerateConfig:
     address: str | None = None
     local: bool = False
     progress: bool = True
+    # The repainter (used when variants > 0)
+    repainter: str | None = None
+    repainter_steps: int = 100
+    repaint_size: int = 64
+    segmenter: str = "fh"
+    repaint_fraction: float = 1.0
+    task_model: str = "resnet18"
+    task_loss: bool = True
+    repainter_images: int = 1024
+    repainter_batch: int = 4
+    repainter_checkpoint_every: int = 25
+    train_workers: int = 1
+    gpus: float = 0.0
 
     def __post_init__(self) -> None:
         if self.out is None:
@@ -34,17 +48,43 @@ class GenerateConfig:
             "--variants": self.variants >= 0, "--samples-per-shard": self.samples_per_shard > 0,
             "--workers": self.workers > 0, "--max-side": self.max_side is None or self.max_side >= 8,
             "--limit": self.limit is None or self.limit > 0, "--max-retries": self.max_retries >= 0,
-            "--max-pixels": self.max_pixels > 0,
+            "--max-pixels": self.max_pixels > 0, "--repainter-steps": self.repainter_steps >= 0,
+            "--repaint-size": self.repaint_size >= 16 and self.repaint_size % 16 == 0,
+            "--repaint-fraction": 0 < self.repaint_fraction <= 1, "--repainter-images": self.repainter_images >= 2,
+            "--repainter-batch": self.repainter_batch > 0,
+            "--repainter-checkpoint-every": self.repainter_checkpoint_every > 0,
+            "--train-workers": self.train_workers > 0,
+            "--gpus": self.gpus >= 0,
         }
         bad = [flag for flag, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid value for {', '.join(bad)} (see --help)")
         if self.variants > 0:
-            raise ValueError("--variants > 0 needs the repainter, which is not wired into the job yet")
+            self._check_repainter_flags()
+
+    def _check_repainter_flags(self) -> None:
+        from .segment import make_segmenter  # skimage: only when repainting
+
+        make_segmenter(self.segmenter)  # raises on a malformed spec
+        if self.segmenter.startswith("deeplab:") and not Path(self.segmenter[8:]).is_file():
+            raise ValueError(f"--segmenter {self.segmenter}: weights file {self.segmenter[8:]} not found")
+        if self.segmenter == "coco" and not self.source.startswith("coco:"):
+            raise ValueError("--segmenter coco needs a coco: source (it paints the annotations' polygons)")
+        if self.repainter is not None and not Path(self.repainter).is_file():
+            raise ValueError(f"--repainter {self.repainter}: file not found")
+        import timm
+
+        if not timm.is_model(self.task_model):
+            raise ValueError(f"--task-model {self.task_model}: not a timm model name (see timm.list_models())")
+        if self.repainter is None and self.repainter_steps == 0:
+            raise ValueError("--repainter-steps 0 needs --repainter CKPT (nothing to paint with otherwise)")
 
     def output_settings(self) -> dict:
         """What decides the shards' bytes: the same values resume, any change refuses to."""
-        keep = ("variants", "samples_per_shard", "seed", "max_side", "limit", "max_pixels", "shuffle")
+        keep = ["variants", "samples_per_shard", "seed", "max_side", "limit", "max_pixels", "shuffle"]
+        if self.variants > 0:  # the repainter's own weights enter through its sha256 (job.py)
+            keep += ["repainter_steps", "repaint_size", "segmenter", "repaint_fraction",
+                     "task_model", "task_loss", "repainter_images", "repainter_batch", "train_workers"]
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 
@@ -75,6 +115,27 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "a running local cluster, else a new embedded one)")
     p.add_argument("--local", action="store_true", help="always start a fresh embedded Ray")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    r = p.add_argument_group("repainter (with --variants > 0)")
+    r.add_argument("--repainter", default=None, metavar="CKPT",
+                   help="start from this repainter checkpoint (with --repainter-steps 0: use it as is)")
+    r.add_argument("--repainter-steps", type=int, default=d.repainter_steps, metavar="K",
+                   help="E/G training steps (each after 2 D/T steps) before sharding")
+    r.add_argument("--repaint-size", type=int, default=d.repaint_size, metavar="PX",
+                   help="the generator's resolution; variants are resized back to the stored size")
+    r.add_argument("--segmenter", default=d.segmenter, help="fh | deeplab:WEIGHTS.pt | coco (ground-truth polygons)")
+    r.add_argument("--repaint-fraction", type=float, default=d.repaint_fraction, metavar="P",
+                   help="repaint only this seeded fraction of the images")
+    r.add_argument("--task-model", default=d.task_model, help="timm model of the proxy task T")
+    r.add_argument("--no-task-loss", dest="task_loss", action="store_false",
+                   help="E/G without the task loss (the paper's ablation)")
+    r.add_argument("--repainter-images", type=int, default=d.repainter_images,
+                   help="images the repainter trains on (the first of the seeded order; 10%% held out)")
+    r.add_argument("--repainter-batch", type=int, default=d.repainter_batch, help="batch per training worker")
+    r.add_argument("--repainter-checkpoint-every", type=int, default=d.repainter_checkpoint_every, metavar="K",
+                   help="report a checkpoint to Ray Train every K steps (a rerun resumes from the last)")
+    r.add_argument("--train-workers", type=int, default=d.train_workers, help="Ray Train workers (DDP)")
+    r.add_argument("--gpus", type=float, default=d.gpus,
+                   help="GPUs per training worker and per inference actor (0: CPU)")
     return p
 
 

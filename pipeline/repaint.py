@@ -21,9 +21,9 @@ from manifests import encode_image
 from manifests.imageio import encode_label_map
 from manifests.manifest import atomic_write_bytes
 
+from .repaint_data import resize_pair, to_model_inputs
 from .repaint_nets import Encoder, Generator, reparameterize
 from .repaint_steps import RepainterConfig
-from .segment import label_channels
 
 CHECKPOINT_FORMAT = "repainter-v1"
 
@@ -62,28 +62,43 @@ def variant_seed(seed: int, key: str, variant: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def is_repainted(seed: int, key: str, fraction: float) -> bool:
+    """`--repaint-fraction`: a fixed, seeded subset of the keys gets variants."""
+    return fraction >= 1.0 or variant_seed(seed, key, -1) / 2**63 < fraction
+
+
 class Repaint:
     """The records hook: (image, key, meta) -> {"seg.png": ..., "rp0.jpg": ..., ...}."""
 
-    def __init__(self, checkpoint: str | Path, segmenter, variants: int, seed: int, repaint_size: int = 128):
+    def __init__(self, checkpoint: str | Path, segmenter, variants: int, seed: int, repaint_size: int = 64,
+                 fraction: float = 1.0, device: str = "cpu"):
         self.cfg, self.encoder, self.generator, self.info = load_repainter(checkpoint)
         step = 2 ** self.cfg.num_up
         if repaint_size % step:
             raise ValueError(f"--repaint-size {repaint_size} must be a multiple of {step} for this repainter")
+        self.device = torch.device(device)
+        self.encoder.to(self.device)
+        self.generator.to(self.device)
         self.segmenter, self.variants, self.seed, self.size = segmenter, variants, seed, repaint_size
+        self.fraction = fraction
 
     @torch.no_grad()
+    def paint(self, image: Image.Image, labels: np.ndarray, key: str) -> list[Image.Image]:
+        """The variants of one image at its own size; all N are drawn in one batch."""
+        small, small_labels = resize_pair(image, labels, self.size)
+        x, channels = to_model_inputs(small[None], small_labels[None], self.cfg.label_channels)
+        mu, logvar = self.encoder(x.to(self.device))
+        z = torch.cat([reparameterize(mu, logvar, torch.Generator().manual_seed(variant_seed(self.seed, key, v)))
+                       for v in range(self.variants)])
+        painted = self.generator(z, channels.to(self.device).expand(self.variants, -1, -1, -1))
+        pixels = ((painted.permute(0, 2, 3, 1) + 1) * 127.5).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
+        return [Image.fromarray(p, "RGB").resize(image.size, Image.Resampling.BICUBIC) for p in pixels]
+
     def __call__(self, image: Image.Image, key: str, meta: dict) -> dict[str, bytes]:
+        if not is_repainted(self.seed, key, self.fraction):
+            return {}
         labels = self.segmenter(image, meta)
         out = {"seg.png": encode_label_map(labels)}
-        small = image.resize((self.size, self.size), Image.Resampling.BICUBIC)
-        small_labels = np.asarray(Image.fromarray(labels).resize((self.size, self.size), Image.Resampling.NEAREST))
-        channels = torch.from_numpy(label_channels(small_labels, self.cfg.label_channels - 1))[None]
-        x = torch.from_numpy(np.asarray(small, np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
-        mu, logvar = self.encoder(x)
-        for v in range(self.variants):
-            z = reparameterize(mu, logvar, torch.Generator().manual_seed(variant_seed(self.seed, key, v)))
-            painted = ((self.generator(z, channels)[0].permute(1, 2, 0) + 1) * 127.5).clamp(0, 255)
-            painted = Image.fromarray(painted.round().to(torch.uint8).numpy(), "RGB")
-            out[f"rp{v}.jpg"] = encode_image(painted.resize(image.size, Image.Resampling.BICUBIC), "jpg")
+        for v, painted in enumerate(self.paint(image, labels, key)):
+            out[f"rp{v}.jpg"] = encode_image(painted, "jpg")
         return out

@@ -111,7 +111,9 @@ class Encoder(nn.Module):
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    # Drawn on the generator's device (CPU by default), so a seed gives the same noise on any device.
+    device = generator.device if generator is not None else mu.device
+    noise = torch.randn(mu.shape, generator=generator, device=device, dtype=mu.dtype).to(mu.device)
     return mu + noise * torch.exp(0.5 * logvar)
 
 

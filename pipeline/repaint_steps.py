@@ -16,6 +16,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from .repaint_nets import Encoder, Generator, MultiScaleDiscriminator, reparameterize
 
@@ -56,9 +57,41 @@ class RepainterNets:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
         self.opt_t = torch.optim.Adam(self.T.parameters(), lr=cfg.lr_d, betas=betas)
 
-    def paint(self, image: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None):
-        mu, logvar = self.E(image)
-        return self.G(reparameterize(mu, logvar, generator), labels), mu, logvar
+    def modules(self) -> dict[str, nn.Module]:
+        return {"E": self.E, "G": self.G, "D": self.D, "T": self.T}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt_g": self.opt_g, "opt_d": self.opt_d, "opt_t": self.opt_t}
+
+    def to(self, device: torch.device) -> RepainterNets:
+        for m in self.modules().values():
+            m.to(device)
+        return self
+
+    def distribute(self, device_ids: list[int] | None = None) -> None:
+        """One DDP wrapper per network: each step reduces only the gradients it made."""
+        self.E, self.G, self.D, self.T = (DistributedDataParallel(m, device_ids=device_ids)
+                                          for m in (self.E, self.G, self.D, self.T))
+
+    def paint(self, image: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None,
+              bare: bool = False):
+        """G(E(image) sampled, labels); `bare` bypasses DDP for runs that make no gradients."""
+        encoder, painter = (unwrap(self.E), unwrap(self.G)) if bare else (self.E, self.G)
+        mu, logvar = encoder(image)
+        return painter(reparameterize(mu, logvar, generator), labels), mu, logvar
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The network inside a DDP wrapper. Frozen uses go through it: a DDP forward that makes no
+    gradients would leave its reducer waiting for them."""
+    return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+def discriminate(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor):
+    """One D forward on real and painted together (two DDP forwards before one backward fail)."""
+    outputs = D(torch.cat([real, fake]), torch.cat([labels, labels]))
+    n = real.shape[0]
+    return [[f[:n] for f in scale] for scale in outputs], [[f[n:] for f in scale] for scale in outputs]
 
 
 def hinge_d(real: list[list[torch.Tensor]], fake: list[list[torch.Tensor]]) -> torch.Tensor:
@@ -108,8 +141,8 @@ def d_t_step(nets: RepainterNets, image: torch.Tensor, labels: torch.Tensor, tar
              generator: torch.Generator | None = None) -> dict[str, float]:
     """One D and T update; E and G are only run, never changed."""
     with torch.no_grad(), frozen(nets.E, nets.G):  # eval: spectral norm's power iteration stays put
-        painted, _, _ = nets.paint(image, labels, generator)
-    loss_d = hinge_d(nets.D(image, labels), nets.D(painted, labels))
+        painted, _, _ = nets.paint(image, labels, generator, bare=True)
+    loss_d = hinge_d(*discriminate(nets.D, image, painted, labels))
     nets.opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     nets.opt_d.step()
@@ -127,11 +160,11 @@ def g_step(nets: RepainterNets, image: torch.Tensor, labels: torch.Tensor, targe
     cfg = nets.cfg
     with frozen(nets.D, nets.T):
         painted, mu, logvar = nets.paint(image, labels, generator)
-        fake, real = nets.D(painted, labels), nets.D(image, labels)
+        real, fake = discriminate(unwrap(nets.D), image, painted, labels)
         losses = {"gan": hinge_g(fake), "fm": feature_matching(real, fake) * cfg.fm_weight,
                   "kld": kld(mu, logvar) * cfg.kld_weight}
         if cfg.task_weight > 0:
-            losses["task"] = task_loss(nets.T(painted), target, cfg.multilabel) * cfg.task_weight
+            losses["task"] = task_loss(unwrap(nets.T)(painted), target, cfg.multilabel) * cfg.task_weight
         total = sum(losses.values())
         nets.opt_g.zero_grad(set_to_none=True)
         total.backward()

@@ -36,7 +36,8 @@ def ray_address():
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths are limited
     ray.init(address="local", num_cpus=2, include_dashboard=False,
              object_store_memory=200 * 1024**2, _temp_dir=temp_dir,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+             logging_config=ray.LoggingConfig(encoding="TEXT", log_level="ERROR"))  # as pipeline.job does
     try:
         yield ray.get_runtime_context().gcs_address
     finally:

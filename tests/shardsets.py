@@ -30,7 +30,7 @@ def make_shard_set(out: Path, count: int, per_shard: int, size: int = 32, varian
     source = demo_source(count, max(size, 32))
     settings = RecordSettings(key_prefix="demo", class_names=tuple(source.classes))
     done = write_shard_set(source, out, per_shard, settings, repaint=_fake_repaint(variants))
-    cfg = GenerateConfig(source=f"demo:{count}:{size}", out=str(out), samples_per_shard=per_shard)
+    cfg = GenerateConfig(source=f"demo:{count}:{size}", out=str(out), samples_per_shard=per_shard, variants=0)
     manifest = build_manifest(cfg, source, count, done)
     manifest["variants"] = variants
     write_manifest(out, manifest)

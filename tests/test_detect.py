@@ -38,7 +38,8 @@ def coco_shards(coco128, tmp_path_factory) -> Path:
     source.records = source.records[:24]
     settings = RecordSettings(key_prefix="coco", class_names=tuple(source.classes), max_side=200)
     done = write_shard_set(source, out, 8, settings)
-    cfg = GenerateConfig(source=f"coco:{annotations}:{images}", out=str(out), samples_per_shard=8, max_side=200)
+    cfg = GenerateConfig(source=f"coco:{annotations}:{images}", out=str(out), samples_per_shard=8, max_side=200,
+                         variants=0)
     write_manifest(out, build_manifest(cfg, source, 24, done))
     return out
 

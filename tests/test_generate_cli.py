@@ -18,7 +18,14 @@ main = _generate.main
 @pytest.mark.parametrize("argv, message", [
     (["--workers", "0"], "invalid value for --workers"),
     (["--samples-per-shard", "-1"], "invalid value for --samples-per-shard"),
-    (["--variants", "2"], "--variants > 0 needs the repainter"),
+    (["--repaint-fraction", "0"], "invalid value for --repaint-fraction"),
+    (["--repaint-size", "50"], "invalid value for --repaint-size"),
+    (["--segmenter", "slic"], "--segmenter 'slic': expected fh, deeplab:WEIGHTS or coco"),
+    (["--segmenter", "deeplab:/nonexistent/w.pt"], "weights file /nonexistent/w.pt not found"),
+    (["--segmenter", "coco"], "--segmenter coco needs a coco: source"),
+    (["--repainter", "/nonexistent/r.pt"], "--repainter /nonexistent/r.pt: file not found"),
+    (["--repainter-steps", "0"], "--repainter-steps 0 needs --repainter CKPT"),
+    (["--task-model", "resnet_nope"], "--task-model resnet_nope: not a timm model name"),
     (["--source", "imagefolder:/x"], "--out is required for imagefolder: and coco: sources"),
     (["--bogus"], "unrecognized arguments: --bogus"),
 ])

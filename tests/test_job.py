@@ -25,7 +25,7 @@ from tests.badinputs import awkward_files, bad_files, jpeg_bytes, write_files
 
 
 def _run(source: str, out: Path, **kw) -> dict:
-    run_job(GenerateConfig(source=source, out=str(out), progress=False, **kw))
+    run_job(GenerateConfig(source=source, out=str(out), progress=False, **{"variants": 0, **kw}))
     return read_manifest(out)
 
 
@@ -148,7 +148,7 @@ def test_a_record_that_kills_its_worker_fails_the_job_after_bounded_retries(ray_
             os._exit(1)  # a crash no try/except can catch: segfault, OOM kill
 
     records = [PoisonRecord(0, "poison/0")]
-    cfg = GenerateConfig(source="demo", out=str(tmp_path), max_retries=1, progress=False)
+    cfg = GenerateConfig(source="demo", out=str(tmp_path), max_retries=1, progress=False, variants=0)
     settings = RecordSettings(key_prefix="demo", class_names=("a",))
     with pytest.raises(JobError, match=r"shard shard-000000.tar \(records 0..0\) failed after 1 retries"):
         _write_shards(cfg, plan_shards(1, 1), records, settings, tmp_path, "fp")

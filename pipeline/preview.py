@@ -1,0 +1,62 @@
+"""`preview.png` beside the shards: per row, an original, its label map and its variants.
+
+So a person can see what a shard set holds before training on it; `python -m manifests show` points
+at it. Read back from the written shards (not from memory), so it shows what is really stored.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.utils
+from PIL import Image
+
+from manifests import decode_image
+from manifests.imageio import decode_label_map
+
+PREVIEW_NAME = "preview.png"
+
+
+def colourise(labels: np.ndarray) -> Image.Image:
+    """A fixed colour per segment id (a hash of the id, so maps of one set are comparable)."""
+    ids = labels.astype(np.uint32)
+    rgb = np.stack([(ids * 97 + 40) % 256, (ids * 57 + 90) % 256, (ids * 151 + 10) % 256], -1)
+    return Image.fromarray(rgb.astype(np.uint8), "RGB")
+
+
+def _samples(shard: Path, count: int) -> list[dict[str, bytes]]:
+    grouped: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(shard) as tar:
+        for member in tar:
+            key, _, field = member.name.partition(".")
+            if key not in grouped and len(grouped) == count:
+                break
+            grouped.setdefault(key, {})[field] = tar.extractfile(member).read()
+    return [s for s in grouped.values() if "seg.png" in s]
+
+
+def write_preview(out: Path, shard_names: list[str], variants: int, rows: int = 6, cell: int = 96) -> str | None:
+    """Write the grid from the first shards' repainted samples; return its file name (None if none)."""
+    samples: list[dict[str, bytes]] = []
+    for name in shard_names:
+        samples += _samples(out / name, rows * 4)
+        if len(samples) >= rows:
+            break
+    if not samples:
+        return None
+    tiles = []
+    for sample in samples[:rows]:
+        original = next(sample[f] for f in ("jpg", "png") if f in sample)
+        row = [decode_image(original, "preview").image, colourise(decode_label_map(sample["seg.png"], "preview"))]
+        row += [decode_image(sample[f"rp{v}.jpg"], "preview").image for v in range(variants)]
+        tiles += [torch.from_numpy(np.array(im.convert("RGB").resize((cell, cell)))).permute(2, 0, 1)
+                  for im in row]
+    grid = torchvision.utils.make_grid(torch.stack(tiles), nrow=variants + 2, padding=2, pad_value=255)
+    buffer = io.BytesIO()
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(buffer, "PNG")
+    (out / PREVIEW_NAME).write_bytes(buffer.getvalue())
+    return PREVIEW_NAME

@@ -1,0 +1,224 @@
+"""Training the repainter as a Ray Train job: E/G, D and the proxy task T, each its own DDP wrapper.
+
+`train_repainter` runs a `TorchTrainer` whose storage lives in the job's output folder, so a rerun of
+the same job resumes from the latest checkpoint reported through `ray.train.report` (Ray Train
+restores the run by name and storage path); `FailureConfig` restarts failed workers from it too.
+A checkpoint folder holds `repainter.pt` (E, G, config, step: what shard-time inference loads) and
+`state.pt` (D, T and the optimizers: what a resume needs); both load with `weights_only=True`.
+Batches and latent noise are drawn from (seed, step, rank), so a resumed run draws what an
+uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from tqdm import tqdm
+
+from manifests.manifest import atomic_write_bytes
+
+from .repaint import load_repainter, save_repainter
+from .repaint_data import RepaintSet, to_model_inputs
+from .repaint_nets import reparameterize
+from .repaint_steps import RepainterConfig, RepainterNets, d_t_step, g_step, unwrap
+
+# Ray Train V2's defaults poll every 2 s and reconcile through the State API (which needs the
+# dashboard): on a small local cluster that adds tens of seconds per fit. Users may override them.
+RAY_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION": "0",
+                 "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+LOSS_COLUMNS = ("step", "d", "t", "g_total", "gan", "fm", "kld", "task", "seconds")
+
+
+@dataclass
+class TrainSettings:
+    steps: int = 100  # E/G iterations (each after `d_steps` D/T iterations)
+    batch_size: int = 4  # per worker
+    size: int = 64  # the generator's working resolution
+    checkpoint_every: int = 25
+    workers: int = 1
+    cpus_per_worker: int = 1
+    use_gpu: bool = False
+    seed: int = 0
+    max_failures: int = 2
+    progress: bool = True
+
+
+def _seed(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
+
+
+def _batch(data: RepaintSet, mine: np.ndarray, cfg: RepainterConfig, t: TrainSettings, step: int, rank: int,
+           draw: int, device: torch.device):
+    rng = np.random.default_rng(_seed(t.seed, "batch", step, rank, draw))
+    idx = np.sort(rng.choice(mine, size=min(t.batch_size, len(mine)), replace=False))
+    image, labels = to_model_inputs(data.images[idx], data.labels[idx], cfg.label_channels)
+    target = torch.from_numpy(data.targets[idx])
+    return image.to(device), labels.to(device), target.to(device)
+
+
+@torch.no_grad()
+def proxy_accuracy(nets: RepainterNets, val: RepaintSet, cfg: RepainterConfig, device: torch.device,
+                   seed: int = 0, batch_size: int = 16) -> dict[str, float]:
+    """T's accuracy on held-out real images and on their repaints (COCO: top-1 category present)."""
+    E, G, T = unwrap(nets.E).eval(), unwrap(nets.G).eval(), unwrap(nets.T).eval()
+    hits = {"real": 0.0, "painted": 0.0}
+    noise = torch.Generator().manual_seed(_seed(seed, "proxy"))
+    for i in range(0, len(val), batch_size):
+        image, labels = to_model_inputs(val.images[i:i + batch_size], val.labels[i:i + batch_size],
+                                        cfg.label_channels)
+        image, labels = image.to(device), labels.to(device)
+        target = torch.tensor(val.targets[i:i + batch_size])
+        mu, logvar = E(image)
+        painted = G(reparameterize(mu, logvar, noise), labels)
+        for name, x in (("real", image), ("painted", painted)):
+            top1 = T(x).argmax(1).cpu()
+            hits[name] += float((target[torch.arange(len(top1)), top1] > 0).sum() if cfg.multilabel
+                                else (top1 == target).sum())
+    for m in (E, G, T):
+        m.train()
+    return {f"proxy_acc_{k}": v / max(1, len(val)) for k, v in hits.items()}
+
+
+class LossLog:
+    """losses.csv and TensorBoard on rank 0; a resume drops rows past the checkpoint it starts from."""
+
+    def __init__(self, folder: Path, start: int):
+        from tensorboardX import SummaryWriter
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / "losses.csv"
+        rows = []
+        if self.path.exists():
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, LOSS_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.tb = SummaryWriter(str(folder / "tb"), purge_step=start + 1)
+        self.t0 = time.perf_counter()
+
+    def write(self, step: int, losses: dict[str, float]) -> None:
+        row = {"step": step, **{k: f"{losses[k]:.6g}" for k in LOSS_COLUMNS[1:-1] if k in losses},
+               "seconds": f"{time.perf_counter() - self.t0:.2f}"}
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, LOSS_COLUMNS).writerow(row)
+        for k, v in losses.items():
+            self.tb.add_scalar(f"repainter/{k}", v, step)
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+def _restore(nets: RepainterNets, checkpoint: Checkpoint | None, initial: str | None) -> int:
+    """The step to start from: a Ray Train checkpoint of this run, else E/G from --repainter, else 0."""
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            _, E, G, info = load_repainter(Path(folder) / "repainter.pt")
+            state = torch.load(Path(folder) / "state.pt", map_location="cpu", weights_only=True)
+        nets.E.load_state_dict(E.state_dict())
+        nets.G.load_state_dict(G.state_dict())
+        for name in ("D", "T"):
+            getattr(nets, name).load_state_dict(state[name])
+        for name, opt in nets.optimizers().items():
+            opt.load_state_dict(state[name])
+        return info["step"]
+    if initial:
+        _, E, G, _ = load_repainter(initial)
+        nets.E.load_state_dict(E.state_dict())
+        nets.G.load_state_dict(G.state_dict())
+    return 0
+
+
+def _report(nets: RepainterNets, step: int, metrics: dict, rank: int) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0:  # every rank holds the same weights; one writes them
+            save_repainter(Path(folder) / "repainter.pt", nets.cfg, unwrap(nets.E), unwrap(nets.G), step)
+            state = {name: unwrap(getattr(nets, name)).state_dict() for name in ("D", "T")}
+            state.update({name: opt.state_dict() for name, opt in nets.optimizers().items()})
+            torch.save(state, Path(folder) / "state.pt")
+            checkpoint = Checkpoint.from_directory(folder)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def train_loop(config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    cfg, t = RepainterConfig(**config["model"]), TrainSettings(**config["training"])
+    data, val = ray.get(config["data"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(t.cpus_per_worker)
+    device = ray.train.torch.get_device() if t.use_gpu else torch.device("cpu")
+    torch.manual_seed(t.seed)  # the same initial weights on every rank
+    nets = RepainterNets(cfg)
+    start = _restore(nets, ray.train.get_checkpoint(), config.get("initial"))
+    if start and rank == 0:
+        print(f"repainter: resuming from the checkpoint of step {start}", flush=True)
+    nets.to(device)
+    if world > 1:
+        nets.distribute([device.index] if device.type == "cuda" else None)
+    mine = np.arange(rank, len(data), world)
+    log = LossLog(Path(config["log_dir"]), start) if rank == 0 else None
+    bar = tqdm(total=t.steps, initial=start, desc="repainter", unit="step", mininterval=10,
+               disable=rank != 0 or not t.progress)
+    for step in range(start, t.steps):
+        losses: dict[str, float] = {}
+        for draw in range(cfg.d_steps + 1):  # d_steps D/T updates, then one E/G update
+            batch = _batch(data, mine, cfg, t, step, rank, draw, device)
+            noise = torch.Generator().manual_seed(_seed(t.seed, "z", step, rank, draw))
+            losses.update((d_t_step if draw < cfg.d_steps else g_step)(nets, *batch, generator=noise))
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise FloatingPointError(f"repainter step {step + 1}: non-finite loss {losses}")
+        bar.update(1)
+        bar.set_postfix({k: f"{losses[k]:.3g}" for k in ("d", "t", "g_total")})
+        if log:
+            log.write(step + 1, losses)
+        if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps:
+            metrics = {"step": step + 1, **losses}
+            if step + 1 == t.steps and rank == 0 and len(val):
+                metrics.update(proxy_accuracy(nets, val, cfg, device, t.seed))
+            _report(nets, step + 1, metrics, rank)
+    bar.close()
+    if log:
+        log.close()
+
+
+def train_repainter(cfg: RepainterConfig, t: TrainSettings, data: RepaintSet, val: RepaintSet, folder: Path,
+                    initial: str | None = None) -> tuple[Path, dict]:
+    """Fit on Ray Train (resuming a run left in `folder`); return the final repainter.pt and metrics."""
+    for key, value in RAY_TRAIN_ENV.items():
+        os.environ.setdefault(key, value)
+    if len(data) < t.workers:
+        raise ValueError(f"the repainter needs at least {t.workers} training images, got {len(data)}")
+    folder.mkdir(parents=True, exist_ok=True)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"model": asdict(cfg), "training": asdict(t), "data": ray.put((data, val)),
+                           "log_dir": str(folder / "logs"), "initial": initial},
+        scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker}),
+        run_config=RunConfig(name="run", storage_path=str(folder), failure_config=FailureConfig(t.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"repainter training in {folder} ended without a checkpoint")
+    final = folder / "repainter.pt"
+    with result.checkpoint.as_directory() as checkpoint_dir:
+        atomic_write_bytes(final, (Path(checkpoint_dir) / "repainter.pt").read_bytes())
+    return final, dict(result.metrics or {})

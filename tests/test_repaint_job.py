@@ -1,0 +1,145 @@
+"""The repainter inside the Ray job: training on Ray Train, variants in the shards, resume, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from manifests import decode_image, read_manifest, verify_shard_set
+from manifests.__main__ import main as manifests_cli
+from manifests.imageio import decode_label_map
+from pipeline.job import run_job
+from pipeline.job_config import GenerateConfig
+from pipeline.repaint import is_repainted, load_repainter
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"repaint_size": 32, "repainter_batch": 2, "task_model": "resnet10t", "progress": False}
+
+
+def _samples(out: Path) -> list[dict]:
+    return list(wds.WebDataset(sorted(str(p) for p in out.glob("shard-*.tar")), shardshuffle=False))
+
+
+def _shard_hashes(out: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("shard-*.tar"))}
+
+
+@pytest.fixture(scope="module")
+def trained(ray_address, tmp_path_factory) -> Path:
+    """A job that trains a tiny repainter with 2 Ray Train workers (DDP on gloo) and writes 2 variants."""
+    out = tmp_path_factory.mktemp("repainted")
+    run_job(GenerateConfig(source="demo:24:48", out=str(out), samples_per_shard=8, variants=2, repainter_steps=3,
+                           train_workers=2, **TINY))
+    return out
+
+
+def test_job_trains_on_ray_train_and_writes_variants_at_the_stored_size(trained):
+    manifest = read_manifest(trained)
+    checkpoint = trained / "repainter" / "repainter.pt"
+    assert manifest["repainter"]["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert manifest["repainter"]["step"] == 3 and manifest["repainter"]["trained_by_this_job"]
+    assert manifest["segmenter"] == {"name": "fh", "params": {"scale": 100.0, "sigma": 0.8, "min_size": 20}}
+    training = manifest["repainter"]["training"]
+    assert training["metrics"]["step"] == 3 and 0 <= training["metrics"]["proxy_acc_painted"] <= 1
+    assert verify_shard_set(trained) == []
+    samples = _samples(trained)
+    assert len(samples) == 24
+    for s in samples:
+        original = decode_image(s["png"] if "png" in s else s["jpg"], "o").image
+        meta = json.loads(s["json"])
+        original_field = "png" if "png" in s else "jpg"
+        assert meta["fields"] == sorted(["cls", "json", "seg.png", "rp0.jpg", "rp1.jpg", original_field])
+        for v in ("rp0.jpg", "rp1.jpg"):
+            assert decode_image(s[v], v).image.size == original.size  # boxes stay valid
+        assert decode_label_map(s["seg.png"], "seg").shape == (original.height, original.width)
+        assert s["rp0.jpg"] != s["rp1.jpg"]  # two latent draws, two paintings
+    rows = (trained / "repainter" / "logs" / "losses.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3]
+    assert any((trained / "repainter" / "logs" / "tb").iterdir())
+
+
+def test_preview_grid_is_written_and_shown(trained, capsys):
+    preview = trained / read_manifest(trained)["preview"]
+    grid = Image.open(preview)
+    assert grid.width == 2 + 4 * (96 + 2) and grid.height == 2 + 6 * (96 + 2)  # 6 rows of orig, map, 2 variants
+    assert manifests_cli(["show", str(trained)]) == 0
+    shown = capsys.readouterr().out
+    assert f"preview     {preview}" in shown and "repainter   sha256" in shown and "segmenter   fh" in shown
+
+
+def test_rerun_reuses_the_training_and_rewrites_nothing(trained):
+    before = _shard_hashes(trained)
+    mtimes = {p: p.stat().st_mtime_ns for p in trained.glob("shard-*.tar")}
+    run_job(GenerateConfig(source="demo:24:48", out=str(trained), samples_per_shard=8, variants=2,
+                           repainter_steps=3, train_workers=2, **TINY))
+    assert _shard_hashes(trained) == before
+    assert {p: p.stat().st_mtime_ns for p in trained.glob("shard-*.tar")} == mtimes
+
+
+def test_same_checkpoint_gives_identical_shards_with_1_or_2_writers(trained, tmp_path):
+    checkpoint = str(trained / "repainter" / "repainter.pt")
+    outs = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        run_job(GenerateConfig(source="demo:24:48", out=str(out), samples_per_shard=8, variants=2, workers=workers,
+                               repainter=checkpoint, repainter_steps=0, repaint_fraction=0.5, **TINY))
+        outs.append(out)
+    assert _shard_hashes(outs[0]) == _shard_hashes(outs[1])
+    manifest = read_manifest(outs[0])
+    assert manifest["repainter"]["sha256"] == load_repainter(checkpoint)[3]["sha256"]
+    assert not manifest["repainter"]["trained_by_this_job"]
+    painted = {s["__key__"] for s in _samples(outs[0]) if "rp0.jpg" in s}
+    expected = {f"demo-{i:08d}" for i in range(24) if is_repainted(0, f"demo-{i:08d}", 0.5)}
+    assert painted == expected and 0 < len(painted) < 24
+
+
+def test_a_corrupt_repainter_checkpoint_is_named(tmp_path, capsys):
+    bad = tmp_path / "r.pt"
+    bad.write_bytes(b"not a checkpoint")
+    from pipeline.generate import main
+
+    code = main(["--out", str(tmp_path / "o"), "--repainter", str(bad), "--repainter-steps", "0", "--local"])
+    assert code == 1 and f"{bad}: not a loadable repainter checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_its_last_checkpoint(ray_address, tmp_path):
+    out = tmp_path / "out"
+    argv = [sys.executable, str(REPO / "pipeline" / "generate.py"), "--source", "demo:16:32", "--out", str(out),
+            "--variants", "1", "--repainter-steps", "20", "--repainter-checkpoint-every", "2", "--repaint-size", "32",
+            "--repainter-batch", "2", "--task-model", "resnet10t", "--no-progress"]
+    env = {**os.environ, "RAY_ADDRESS": ray_address}
+    driver = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    losses = out / "repainter" / "logs" / "losses.csv"
+    deadline = time.monotonic() + 240
+    # Step 6 logged: the checkpoint of step 4 has been reported and registered by Ray Train.
+    while time.monotonic() < deadline and (not losses.exists() or len(losses.read_text().splitlines()) < 7):
+        assert driver.poll() is None, "the job ended before it could be killed"
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    assert not (out / "manifest.json").exists()
+    rerun = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    resumed = [line for line in (rerun.stdout + rerun.stderr).splitlines() if "resuming from the checkpoint" in line]
+    assert resumed and 4 <= int(resumed[0].split()[-1]) < 20
+    rows = losses.read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(1, 21))  # each step once, none lost
+    assert read_manifest(out)["repainter"]["step"] == 20
+
+
+def test_label_maps_survive_the_shard_round_trip(trained):
+    s = _samples(trained)[0]
+    labels = decode_label_map(s["seg.png"], "seg")
+    assert labels.dtype == np.uint16 and labels.max() >= 1  # the demo shapes make several segments
