@@ -1,6 +1,6 @@
 """The sharding job on Ray: one task writes one shard; the driver resumes, tracks and assembles.
 
-This is the only module of `pipeline` that imports ray. Every task is a plain call of
+Only this module and the repainter's (repaint_job, repaint_train) import ray. Every task is a plain call of
 `shards.write_shard`, so what runs on a worker is what the tests run without Ray.
 """
 

@@ -151,7 +151,7 @@ def test_a_record_that_kills_its_worker_fails_the_job_after_bounded_retries(ray_
     cfg = GenerateConfig(source="demo", out=str(tmp_path), max_retries=1, progress=False, variants=0)
     settings = RecordSettings(key_prefix="demo", class_names=("a",))
     with pytest.raises(JobError, match=r"shard shard-000000.tar \(records 0..0\) failed after 1 retries"):
-        _write_shards(cfg, plan_shards(1, 1), records, settings, tmp_path, "fp")
+        _write_shards(cfg, plan_shards(1, 1), records, settings, tmp_path, "fp", None)
     assert not list(tmp_path.glob("shard-*.tar"))
 
 

@@ -143,3 +143,21 @@ def test_label_maps_survive_the_shard_round_trip(trained):
     s = _samples(trained)[0]
     labels = decode_label_map(s["seg.png"], "seg")
     assert labels.dtype == np.uint16 and labels.max() >= 1  # the demo shapes make several segments
+
+
+def test_a_record_that_kills_its_repaint_actor_fails_the_job_after_bounded_retries(trained, tmp_path):
+    from pipeline.job import JobError, _write_shards
+    from pipeline.records import RecordSettings
+    from pipeline.shards import plan_shards
+    from pipeline.sources import Record
+
+    class PoisonRecord(Record):  # defined here so Ray ships it by value to the actor
+        def read(self):
+            os._exit(1)  # a crash no try/except can catch: segfault, OOM kill
+
+    cfg = GenerateConfig(source="demo", out=str(tmp_path), max_retries=1, workers=1, variants=1, **TINY)
+    settings = RecordSettings(key_prefix="demo", class_names=("a",))
+    with pytest.raises(JobError, match=r"shard shard-000000.tar \(records 0..0\) failed after 1 retries"):
+        _write_shards(cfg, plan_shards(1, 1), [PoisonRecord(0, "poison/0")], settings, tmp_path, "fp",
+                      trained / "repainter" / "repainter.pt")
+    assert not list(tmp_path.glob("shard-*.tar"))

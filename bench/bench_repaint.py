@@ -1,0 +1,131 @@
+"""The repainter's costs: the job's repainted samples/s vs a bare generator loop, and training steps/s.
+
+    python bench/bench_repaint.py [--images 256] [--variants 4] [--size 64] [--rounds 3]
+
+(1) Pipeline overhead. The job (`--repainter CKPT --repainter-steps 0`, 1 actor, 1 thread) reads,
+    decodes, segments, paints N variants, encodes and writes shards. The bare loop calls only E and G
+    on the same images, prepared beforehand (decoded, segmented, resized): the generator's own cost.
+    Ray's cluster start is excluded; the actors' start and model load are included.
+(2) Training steps/s of the repainter (2 D/T updates + 1 E/G update per step, resnet18 proxy task)
+    at 64x64 and 128x128, batch 4, on this machine's threads.
+Weights are random: speed does not depend on training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.demo_data import render_demo  # noqa: E402
+from pipeline.repaint import save_repainter, variant_seed  # noqa: E402
+from pipeline.repaint_data import resize_pair, to_model_inputs  # noqa: E402
+from pipeline.repaint_nets import reparameterize  # noqa: E402
+from pipeline.repaint_steps import RepainterConfig, RepainterNets, d_t_step, g_step  # noqa: E402
+from pipeline.segment import make_segmenter  # noqa: E402
+
+
+def bare_generator_rate(nets: RepainterNets, images: int, variants: int, size: int) -> float:
+    """E + N latent draws + G per image: nothing else."""
+    segmenter = make_segmenter("fh")
+    inputs = []
+    for i in range(images):
+        image = render_demo(0, i, 96)[0]
+        small, labels = resize_pair(image, segmenter(image), size)
+        inputs.append(to_model_inputs(small[None], labels[None], nets.cfg.label_channels))
+    E, G = nets.E.eval(), nets.G.eval()
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i, (x, channels) in enumerate(inputs):
+            mu, logvar = E(x)
+            z = torch.cat([reparameterize(mu, logvar, torch.Generator().manual_seed(variant_seed(0, str(i), v)))
+                           for v in range(variants)])
+            G(z, channels.expand(variants, -1, -1, -1))
+    return images / (time.perf_counter() - start)
+
+
+def job_rate(checkpoint: Path, out: Path, images: int, variants: int, size: int, workers: int) -> float:
+    from pipeline.job import run_job
+    from pipeline.job_config import GenerateConfig
+
+    start = time.perf_counter()
+    run_job(GenerateConfig(source=f"demo:{images}:96", out=str(out), workers=workers, variants=variants,
+                           repainter=str(checkpoint), repainter_steps=0, repaint_size=size,
+                           samples_per_shard=max(1, images // (2 * workers)), progress=False))
+    return images / (time.perf_counter() - start)
+
+
+def training_rate(size: int, steps: int = 4, batch: int = 4) -> float:
+    nets = RepainterNets(RepainterConfig(num_classes=10))
+    x, labels = torch.randn(batch, 3, size, size), torch.zeros(batch, 17, size, size)
+    labels[:, 0] = 1
+    target = torch.randint(0, 10, (batch,))
+    for _ in range(1):  # warm-up
+        d_t_step(nets, x, labels, target)
+    start = time.perf_counter()
+    for _ in range(steps):
+        d_t_step(nets, x, labels, target)
+        d_t_step(nets, x, labels, target)
+        g_step(nets, x, labels, target)
+    return steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=256)
+    p.add_argument("--variants", type=int, default=4)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    work = Path(tempfile.mkdtemp(prefix="bench_repaint_"))
+    ray_temp = tempfile.mkdtemp(prefix="rb", dir="/tmp")
+    torch.manual_seed(0)
+    nets = RepainterNets(RepainterConfig(num_classes=6))
+    checkpoint = work / "repainter.pt"
+    save_repainter(checkpoint, nets.cfg, nets.E, nets.G, step=0)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2,
+             _temp_dir=ray_temp, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    try:
+        rounds = []
+        for r in range(args.rounds):  # interleaved, so machine noise hits all alike
+            torch.set_num_threads(1)  # as one actor
+            row = {"bare": bare_generator_rate(nets, args.images, args.variants, args.size)}
+            for workers in (1, 2):
+                row[workers] = job_rate(checkpoint, work / f"out{r}-{workers}", args.images, args.variants,
+                                        args.size, workers)
+            rounds.append(row)
+        torch.set_num_threads(os.cpu_count() or 1)
+        train = {s: training_rate(s) for s in (64, 128)}
+    finally:
+        ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(ray_temp, ignore_errors=True)
+    med = {k: statistics.median(row[k] for row in rounds) for k in rounds[0]}
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+          f"torch {torch.__version__}; median of {args.rounds} interleaved rounds [min-max]")
+    print(f"{args.images} demo images of 96x96, {args.variants} variants each, painted at {args.size}x{args.size}")
+    print(f"bare E+G loop, 1 thread     : {med['bare']:7.2f} img/s")
+    for workers in (1, 2):
+        ratios = [row[workers] / row["bare"] for row in rounds]
+        print(f"job, {workers} actor(s) x 1 thread : {med[workers]:7.2f} img/s   x{statistics.median(ratios):.2f} "
+              f"vs bare [{min(ratios):.2f}-{max(ratios):.2f}]"
+              + (f"   (pipeline overhead {100 * (1 - statistics.median(ratios)):.0f} %)" if workers == 1 else ""))
+    print(f"training, batch 4, {torch.get_num_threads()} threads: {train[64]:.3f} steps/s at 64x64, "
+          f"{train[128]:.3f} steps/s at 128x128 (x{train[64] / train[128]:.1f} slower at 128)")
+
+
+if __name__ == "__main__":
+    main()
