@@ -35,6 +35,15 @@ class JobError(RuntimeError):
     """The job cannot go on; the message says which shard or setting and why."""
 
 
+def quiet_workers() -> ray.job_config.JobConfig:
+    """Workers log at ERROR: Ray Train's helpers otherwise warn every second that the State API (a
+    dashboard feature this install leaves out) is unavailable. Set on the job, not through
+    `ray.init(logging_config=...)`, which would also silence this driver's own log."""
+    job_config = ray.job_config.JobConfig()
+    job_config.set_py_logging_config(ray.LoggingConfig(encoding="TEXT", log_level="ERROR"))
+    return job_config
+
+
 class RaySession:
     """Ray, started on first use (a resume with nothing left to do never starts it).
 
@@ -50,16 +59,14 @@ class RaySession:
             return
         cfg = self.cfg
         runtime_env = {"env_vars": {"OMP_NUM_THREADS": "1"}}
-        # Workers log at ERROR: Ray Train's helpers otherwise warn every second that the State API
-        # (a dashboard feature this install leaves out) is unavailable.
-        quiet = ray.LoggingConfig(encoding="TEXT", log_level="ERROR")
+        quiet = quiet_workers()
         address = cfg.address or os.environ.get("RAY_ADDRESS")
         if not address and not cfg.local and Path("/tmp/ray/ray_current_cluster").exists():
             address = "auto"
         if address and not cfg.local:
             try:
                 ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING,
-                         logging_config=quiet)
+                         job_config=quiet)
                 self.owned = True
                 return
             except ConnectionError:
@@ -68,7 +75,7 @@ class RaySession:
                 log.warning("no live cluster behind /tmp/ray/ray_current_cluster; starting one")
         ray.init(address="local", num_cpus=cfg.workers, include_dashboard=False,
                  object_store_memory=LOCAL_OBJECT_STORE_BYTES, runtime_env=runtime_env,
-                 logging_level=logging.WARNING, logging_config=quiet)
+                 logging_level=logging.WARNING, job_config=quiet)
         self.owned = True
 
     def __enter__(self) -> RaySession:

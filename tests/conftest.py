@@ -33,11 +33,13 @@ def ray_address():
     """A local Ray cluster shared by every Ray-backed test; its address, for subprocess drivers."""
     import ray
 
+    from pipeline.job import quiet_workers
+
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths are limited
     ray.init(address="local", num_cpus=2, include_dashboard=False,
              object_store_memory=200 * 1024**2, _temp_dir=temp_dir,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
-             logging_config=ray.LoggingConfig(encoding="TEXT", log_level="ERROR"))  # as pipeline.job does
+             job_config=quiet_workers())
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
