@@ -2,7 +2,9 @@
 
 A shard set is a folder of `shard-NNNNNN.tar` files plus `manifest.json`. Each sample is one source
 image: the original under `jpg` or `png`, its class index under `cls` (classification sources),
-metadata under `json`, and, when the repainter ran, variants under `rp0.jpg` ... `rpN-1.jpg`.
+metadata under `json`, and, when the repainter ran, variants under `rp0.jpg` ... `rpN-1.jpg` (at the
+original's size, so its boxes hold for every variant) with the segment map they were painted from
+under `seg.png` (16-bit ids).
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ class GenerateConfig:
     repainter_batch: int = 4
     repainter_checkpoint_every: int = 25
     train_workers: int = 1
+    repainter_norm: str = "instance"
     gpus: float = 0.0
 
     def __post_init__(self) -> None:
@@ -76,6 +77,10 @@ class GenerateConfig:
 
         if not timm.is_model(self.task_model):
             raise ValueError(f"--task-model {self.task_model}: not a timm model name (see timm.list_models())")
+        if self.repainter_norm not in ("instance", "batch", "syncbatch"):
+            raise ValueError(f"--repainter-norm {self.repainter_norm}: expected instance, batch or syncbatch")
+        if self.repainter_norm == "syncbatch" and self.gpus == 0:
+            raise ValueError("--repainter-norm syncbatch needs GPUs (--gpus > 0); use instance or batch on CPU")
         if self.repainter is None and self.repainter_steps == 0:
             raise ValueError("--repainter-steps 0 needs --repainter CKPT (nothing to paint with otherwise)")
 
@@ -84,7 +89,8 @@ class GenerateConfig:
         keep = ["variants", "samples_per_shard", "seed", "max_side", "limit", "max_pixels", "shuffle"]
         if self.variants > 0:  # the repainter's own weights enter through its sha256 (job.py)
             keep += ["repainter_steps", "repaint_size", "segmenter", "repaint_fraction",
-                     "task_model", "task_loss", "repainter_images", "repainter_batch", "train_workers"]
+                     "task_model", "task_loss", "repainter_images", "repainter_batch", "train_workers",
+                     "repainter_norm"]
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 
@@ -134,6 +140,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     r.add_argument("--repainter-checkpoint-every", type=int, default=d.repainter_checkpoint_every, metavar="K",
                    help="report a checkpoint to Ray Train every K steps (a rerun resumes from the last)")
     r.add_argument("--train-workers", type=int, default=d.train_workers, help="Ray Train workers (DDP)")
+    r.add_argument("--repainter-norm", default=d.repainter_norm,
+                   help="G's parameter-free norm: instance | batch | syncbatch (GPU only)")
     r.add_argument("--gpus", type=float, default=d.gpus,
                    help="GPUs per training worker and per inference actor (0: CPU)")
     return p

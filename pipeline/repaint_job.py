@@ -47,7 +47,7 @@ def label_channel_count(cfg: GenerateConfig, source: Source) -> int:
 def model_config(cfg: GenerateConfig, source: Source) -> RepainterConfig:
     return RepainterConfig(label_channels=label_channel_count(cfg, source), num_classes=max(1, len(source.classes)),
                            multilabel=source.kind == "coco", task_model=cfg.task_model,
-                           task_weight=1.0 if cfg.task_loss else 0.0)
+                           task_weight=1.0 if cfg.task_loss else 0.0, norm=cfg.repainter_norm)
 
 
 def training_set(cfg: GenerateConfig, source: Source, records: list[Record], settings: RecordSettings,
