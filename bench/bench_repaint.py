@@ -3,7 +3,7 @@
     python bench/bench_repaint.py [--images 256] [--variants 4] [--size 64] [--rounds 3]
 
 (1) Pipeline overhead. The job (`--repainter CKPT --repainter-steps 0`, 1 actor, 1 thread) reads,
-    decodes, segments, paints N variants, encodes and writes shards. The bare loop calls only E and G
+    decodes, segments, paints N variants, encodes and writes shards. The bare loop calls only G
     on the same images, prepared beforehand (decoded, segmented, resized): the generator's own cost.
     Ray's cluster start is excluded; the actors' start and model load are included.
 (2) Training steps/s of the repainter (2 D/T updates + 1 E/G update per step, resnet18 proxy task)
@@ -28,28 +28,25 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.demo_data import render_demo  # noqa: E402
-from pipeline.repaint import save_repainter, variant_seed  # noqa: E402
+from pipeline.repaint import prior_latent, save_repainter, variant_seed  # noqa: E402
 from pipeline.repaint_data import resize_pair, to_model_inputs  # noqa: E402
-from pipeline.repaint_nets import reparameterize  # noqa: E402
 from pipeline.repaint_steps import RepainterConfig, RepainterNets, d_t_step, g_step  # noqa: E402
 from pipeline.segment import make_segmenter  # noqa: E402
 
 
 def bare_generator_rate(nets: RepainterNets, images: int, variants: int, size: int) -> float:
-    """E + N latent draws + G per image: nothing else."""
+    """N latent draws + G per image: nothing else."""
     segmenter = make_segmenter("fh")
     inputs = []
     for i in range(images):
         image = render_demo(0, i, 96)[0]
         small, labels = resize_pair(image, segmenter(image), size)
         inputs.append(to_model_inputs(small[None], labels[None], nets.cfg.label_channels))
-    E, G = nets.E.eval(), nets.G.eval()
+    G = nets.G.eval()
     start = time.perf_counter()
     with torch.no_grad():
-        for i, (x, channels) in enumerate(inputs):
-            mu, logvar = E(x)
-            z = torch.cat([reparameterize(mu, logvar, torch.Generator().manual_seed(variant_seed(0, str(i), v)))
-                           for v in range(variants)])
+        for i, (_, channels) in enumerate(inputs):
+            z = torch.cat([prior_latent(nets.cfg, size, variant_seed(0, str(i), v)) for v in range(variants)])
             G(z, channels.expand(variants, -1, -1, -1))
     return images / (time.perf_counter() - start)
 
@@ -117,7 +114,7 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"torch {torch.__version__}; median of {args.rounds} interleaved rounds [min-max]")
     print(f"{args.images} demo images of 96x96, {args.variants} variants each, painted at {args.size}x{args.size}")
-    print(f"bare E+G loop, 1 thread     : {med['bare']:7.2f} img/s")
+    print(f"bare G loop, 1 thread       : {med['bare']:7.2f} img/s")
     for workers in (1, 2):
         ratios = [row[workers] / row["bare"] for row in rounds]
         print(f"job, {workers} actor(s) x 1 thread : {med[workers]:7.2f} img/s   x{statistics.median(ratios):.2f} "

@@ -1,8 +1,10 @@
 """Repainting at shard time: a checkpoint of E and G becomes `rp0.jpg` ... `rpN-1.jpg` per sample.
 
-Per record: segment -> label channels -> encode the image to (mu, logvar) -> N draws of the spatial
-latent, each from a seed derived from (seed, key, variant) -> G paints at `repaint_size` -> resized
-back to the stored size, so the original's boxes stay valid for every variant. The label map is
+Per record: segment -> label channels -> N draws of the spatial latent from the prior N(0, I), each
+from a seed derived from (seed, key, variant) -> G paints at `repaint_size` -> resized back to the
+stored size, so the original's boxes stay valid for every variant. Drawing z from the prior, not
+from E's posterior of the original, is what gives new textures and colours (SPADE's multimodal
+synthesis); E is only needed to train G, and stays in the checkpoint for fine-tuning. The label map is
 stored too (`seg.png`, 16-bit), so a shard set can be repainted again without segmenting.
 """
 
@@ -22,7 +24,7 @@ from manifests.imageio import encode_label_map
 from manifests.manifest import atomic_write_bytes
 
 from .repaint_data import resize_pair, to_model_inputs
-from .repaint_nets import Encoder, Generator, reparameterize
+from .repaint_nets import Encoder, Generator
 from .repaint_steps import RepainterConfig
 
 CHECKPOINT_FORMAT = "repainter-v1"
@@ -62,6 +64,12 @@ def variant_seed(seed: int, key: str, variant: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def prior_latent(cfg: RepainterConfig, size: int, seed: int, count: int = 1) -> torch.Tensor:
+    """z ~ N(0, I) of G's spatial latent for a `size` x `size` painting, drawn on the CPU from `seed`."""
+    side = size // 2**cfg.num_up
+    return torch.randn((count, cfg.z_channels, side, side), generator=torch.Generator().manual_seed(seed))
+
+
 def is_repainted(seed: int, key: str, fraction: float) -> bool:
     """`--repaint-fraction`: a fixed, seeded subset of the keys gets variants."""
     return fraction >= 1.0 or variant_seed(seed, key, -1) / 2**63 < fraction
@@ -86,11 +94,10 @@ class Repaint:
     def paint(self, image: Image.Image, labels: np.ndarray, key: str) -> list[Image.Image]:
         """The variants of one image at its own size; all N are drawn in one batch."""
         small, small_labels = resize_pair(image, labels, self.size)
-        x, channels = to_model_inputs(small[None], small_labels[None], self.cfg.label_channels)
-        mu, logvar = self.encoder(x.to(self.device))
-        z = torch.cat([reparameterize(mu, logvar, torch.Generator().manual_seed(variant_seed(self.seed, key, v)))
+        _, channels = to_model_inputs(small[None], small_labels[None], self.cfg.label_channels)
+        z = torch.cat([prior_latent(self.cfg, self.size, variant_seed(self.seed, key, v))
                        for v in range(self.variants)])
-        painted = self.generator(z, channels.to(self.device).expand(self.variants, -1, -1, -1))
+        painted = self.generator(z.to(self.device), channels.to(self.device).expand(self.variants, -1, -1, -1))
         pixels = ((painted.permute(0, 2, 3, 1) + 1) * 127.5).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
         return [Image.fromarray(p, "RGB").resize(image.size, Image.Resampling.BICUBIC) for p in pixels]
 
