@@ -31,6 +31,7 @@ class GenerateConfig:
     repaint_size: int = 64
     segmenter: str = "fh"
     repaint_fraction: float = 1.0
+    variant_latent: str = "prior"
     task_model: str = "resnet18"
     task_loss: bool = True
     repainter_images: int = 1024
@@ -77,6 +78,8 @@ class GenerateConfig:
 
         if not timm.is_model(self.task_model):
             raise ValueError(f"--task-model {self.task_model}: not a timm model name (see timm.list_models())")
+        if self.variant_latent not in ("prior", "posterior"):
+            raise ValueError(f"--variant-latent {self.variant_latent}: expected prior or posterior")
         if self.repainter_norm not in ("instance", "batch", "syncbatch"):
             raise ValueError(f"--repainter-norm {self.repainter_norm}: expected instance, batch or syncbatch")
         if self.repainter_norm == "syncbatch" and self.gpus == 0:
@@ -88,7 +91,7 @@ class GenerateConfig:
         """What decides the shards' bytes: the same values resume, any change refuses to."""
         keep = ["variants", "samples_per_shard", "seed", "max_side", "limit", "max_pixels", "shuffle"]
         if self.variants > 0:  # the repainter's own weights enter through its sha256 (job.py)
-            keep += ["repainter_steps", "repaint_size", "segmenter", "repaint_fraction",
+            keep += ["repainter_steps", "repaint_size", "segmenter", "repaint_fraction", "variant_latent",
                      "task_model", "task_loss", "repainter_images", "repainter_batch", "train_workers",
                      "repainter_norm"]
         return {k: v for k, v in asdict(self).items() if k in keep}
@@ -131,6 +134,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     r.add_argument("--segmenter", default=d.segmenter, help="fh | deeplab:WEIGHTS.pt | coco (ground-truth polygons)")
     r.add_argument("--repaint-fraction", type=float, default=d.repaint_fraction, metavar="P",
                    help="repaint only this seeded fraction of the images")
+    r.add_argument("--variant-latent", default=d.variant_latent,
+                   help="z of each variant: prior (N(0, I): new textures and colours) | posterior (E of the "
+                        "original: variations near its own look)")
     r.add_argument("--task-model", default=d.task_model, help="timm model of the proxy task T")
     r.add_argument("--no-task-loss", dest="task_loss", action="store_false",
                    help="E/G without the task loss (the paper's ablation)")

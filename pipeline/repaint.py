@@ -24,7 +24,7 @@ from manifests.imageio import encode_label_map
 from manifests.manifest import atomic_write_bytes
 
 from .repaint_data import resize_pair, to_model_inputs
-from .repaint_nets import Encoder, Generator
+from .repaint_nets import Encoder, Generator, reparameterize
 from .repaint_steps import RepainterConfig
 
 CHECKPOINT_FORMAT = "repainter-v1"
@@ -79,7 +79,7 @@ class Repaint:
     """The records hook: (image, key, meta) -> {"seg.png": ..., "rp0.jpg": ..., ...}."""
 
     def __init__(self, checkpoint: str | Path, segmenter, variants: int, seed: int, repaint_size: int = 64,
-                 fraction: float = 1.0, device: str = "cpu"):
+                 fraction: float = 1.0, latent: str = "prior", device: str = "cpu"):
         self.cfg, self.encoder, self.generator, self.info = load_repainter(checkpoint)
         step = 2 ** self.cfg.num_up
         if repaint_size % step:
@@ -88,15 +88,21 @@ class Repaint:
         self.encoder.to(self.device)
         self.generator.to(self.device)
         self.segmenter, self.variants, self.seed, self.size = segmenter, variants, seed, repaint_size
-        self.fraction = fraction
+        if latent not in ("prior", "posterior"):
+            raise ValueError(f"variant latent {latent!r}: expected prior or posterior")
+        self.fraction, self.latent = fraction, latent
 
     @torch.no_grad()
     def paint(self, image: Image.Image, labels: np.ndarray, key: str) -> list[Image.Image]:
         """The variants of one image at its own size; all N are drawn in one batch."""
         small, small_labels = resize_pair(image, labels, self.size)
-        _, channels = to_model_inputs(small[None], small_labels[None], self.cfg.label_channels)
-        z = torch.cat([prior_latent(self.cfg, self.size, variant_seed(self.seed, key, v))
-                       for v in range(self.variants)])
+        x, channels = to_model_inputs(small[None], small_labels[None], self.cfg.label_channels)
+        seeds = [variant_seed(self.seed, key, v) for v in range(self.variants)]
+        if self.latent == "prior":
+            z = torch.cat([prior_latent(self.cfg, self.size, s) for s in seeds])
+        else:  # near the original's own style: fewer new colours, closer to the source look
+            mu, logvar = self.encoder(x.to(self.device))
+            z = torch.cat([reparameterize(mu, logvar, torch.Generator().manual_seed(s)) for s in seeds])
         painted = self.generator(z.to(self.device), channels.to(self.device).expand(self.variants, -1, -1, -1))
         pixels = ((painted.permute(0, 2, 3, 1) + 1) * 127.5).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
         return [Image.fromarray(p, "RGB").resize(image.size, Image.Resampling.BICUBIC) for p in pixels]

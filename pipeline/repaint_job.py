@@ -130,5 +130,6 @@ def start_writers(cfg: GenerateConfig, checkpoint: Path) -> list:
     actor = ray.remote(num_cpus=1, num_gpus=cfg.gpus, max_restarts=cfg.max_retries,
                        max_task_retries=cfg.max_retries)(ShardWriter)
     args = {"checkpoint": str(checkpoint), "segmenter": make_segmenter(cfg.segmenter), "variants": cfg.variants,
-            "seed": cfg.seed, "repaint_size": cfg.repaint_size, "fraction": cfg.repaint_fraction}
+            "seed": cfg.seed, "repaint_size": cfg.repaint_size, "fraction": cfg.repaint_fraction,
+            "latent": cfg.variant_latent}
     return [actor.remote(args, cfg.gpus > 0) for _ in range(cfg.workers)]

@@ -25,6 +25,7 @@ main = _generate.main
     (["--segmenter", "coco"], "--segmenter coco needs a coco: source"),
     (["--repainter", "/nonexistent/r.pt"], "--repainter /nonexistent/r.pt: file not found"),
     (["--repainter-steps", "0"], "--repainter-steps 0 needs --repainter CKPT"),
+    (["--variant-latent", "uniform"], "--variant-latent uniform: expected prior or posterior"),
     (["--repainter-norm", "syncbatch"], "--repainter-norm syncbatch needs GPUs"),
     (["--task-model", "resnet_nope"], "--task-model resnet_nope: not a timm model name"),
     (["--source", "imagefolder:/x"], "--out is required for imagefolder: and coco: sources"),

@@ -55,6 +55,17 @@ def test_variants_keep_the_stored_size_and_repeat_per_seed(checkpoint):
     assert np.array_equal(labels, FelzenszwalbSegmenter()(image))
 
 
+def test_posterior_latent_is_a_separate_deterministic_mode(checkpoint):
+    image = _image()
+    make = lambda latent: Repaint(checkpoint[0], FelzenszwalbSegmenter(), variants=2, seed=1,  # noqa: E731
+                                  repaint_size=32, latent=latent)(image, "k-1", {})
+    posterior, prior = make("posterior"), make("prior")
+    assert posterior == make("posterior") and posterior["rp0.jpg"] != prior["rp0.jpg"]
+    assert posterior["seg.png"] == prior["seg.png"]
+    with pytest.raises(ValueError, match="variant latent 'uniform': expected prior or posterior"):
+        make("uniform")
+
+
 def test_records_hook_writes_variants_and_label_map(checkpoint):
     source = demo_source(2, 64)
     repaint = Repaint(checkpoint[0], FelzenszwalbSegmenter(), variants=2, seed=0, repaint_size=32)
