@@ -80,6 +80,19 @@ class RepainterNets:
         mu, logvar = encoder(image)
         return painter(reparameterize(mu, logvar, generator), labels), mu, logvar
 
+    def paint_pair(self, image: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None,
+                   bare: bool = False):
+        """Paintings from E's posterior (what D and feature matching judge against the original) and
+        from the prior N(0, I) (what the shards get), in one G forward: DDP allows one per backward."""
+        encoder, painter = (unwrap(self.E), unwrap(self.G)) if bare else (self.E, self.G)
+        mu, logvar = encoder(image)
+        z = reparameterize(mu, logvar, generator)
+        device = generator.device if generator is not None else z.device
+        prior = torch.randn(z.shape, generator=generator, device=device, dtype=z.dtype).to(z.device)
+        both = painter(torch.cat([z, prior]), torch.cat([labels, labels]))
+        n = image.shape[0]
+        return both[:n], both[n:], mu, logvar
+
 
 def unwrap(module: nn.Module) -> nn.Module:
     """The network inside a DDP wrapper. Frozen uses go through it: a DDP forward that makes no
@@ -139,14 +152,16 @@ def frozen(*modules: nn.Module):
 
 def d_t_step(nets: RepainterNets, image: torch.Tensor, labels: torch.Tensor, target: torch.Tensor,
              generator: torch.Generator | None = None) -> dict[str, float]:
-    """One D and T update; E and G are only run, never changed."""
+    """One D and T update; E and G are only run, never changed. D judges posterior paintings (as
+    the E/G step's GAN and feature-matching terms do); T learns on prior paintings, the kind the
+    shards hold."""
     with torch.no_grad(), frozen(nets.E, nets.G):  # eval: spectral norm's power iteration stays put
-        painted, _, _ = nets.paint(image, labels, generator, bare=True)
+        painted, painted_prior, _, _ = nets.paint_pair(image, labels, generator, bare=True)
     loss_d = hinge_d(*discriminate(nets.D, image, painted, labels))
     nets.opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     nets.opt_d.step()
-    both = torch.cat([image, painted])
+    both = torch.cat([image, painted_prior])
     loss_t = task_loss(nets.T(both), torch.cat([target, target]), nets.cfg.multilabel)
     nets.opt_t.zero_grad(set_to_none=True)
     loss_t.backward()
@@ -156,15 +171,20 @@ def d_t_step(nets: RepainterNets, image: torch.Tensor, labels: torch.Tensor, tar
 
 def g_step(nets: RepainterNets, image: torch.Tensor, labels: torch.Tensor, target: torch.Tensor,
            generator: torch.Generator | None = None) -> dict[str, float]:
-    """One E/G update: GAN + feature matching + KLD + task loss flowing back through a frozen T."""
+    """One E/G update: GAN + feature matching + KLD on the posterior painting, and the task loss of a
+    frozen T on a prior painting (the variants are drawn from the prior, so that is where it must
+    keep them recognisable)."""
     cfg = nets.cfg
     with frozen(nets.D, nets.T):
-        painted, mu, logvar = nets.paint(image, labels, generator)
+        if cfg.task_weight > 0:
+            painted, painted_prior, mu, logvar = nets.paint_pair(image, labels, generator)
+        else:
+            painted, mu, logvar = nets.paint(image, labels, generator)
         real, fake = discriminate(unwrap(nets.D), image, painted, labels)
         losses = {"gan": hinge_g(fake), "fm": feature_matching(real, fake) * cfg.fm_weight,
                   "kld": kld(mu, logvar) * cfg.kld_weight}
         if cfg.task_weight > 0:
-            losses["task"] = task_loss(unwrap(nets.T)(painted), target, cfg.multilabel) * cfg.task_weight
+            losses["task"] = task_loss(unwrap(nets.T)(painted_prior), target, cfg.multilabel) * cfg.task_weight
         total = sum(losses.values())
         nets.opt_g.zero_grad(set_to_none=True)
         total.backward()
