@@ -34,6 +34,7 @@ class GenerateConfig:
     variant_latent: str = "prior"
     task_model: str = "resnet18"
     task_loss: bool = True
+    task_weight: float = 1.0
     repainter_images: int = 1024
     repainter_batch: int = 4
     repainter_checkpoint_every: int = 25
@@ -56,7 +57,7 @@ class GenerateConfig:
             "--repainter-batch": self.repainter_batch > 0,
             "--repainter-checkpoint-every": self.repainter_checkpoint_every > 0,
             "--train-workers": self.train_workers > 0,
-            "--gpus": self.gpus >= 0,
+            "--gpus": self.gpus >= 0, "--task-weight": self.task_weight > 0,
         }
         bad = [flag for flag, ok in checks.items() if not ok]
         if bad:
@@ -92,7 +93,7 @@ class GenerateConfig:
         keep = ["variants", "samples_per_shard", "seed", "max_side", "limit", "max_pixels", "shuffle"]
         if self.variants > 0:  # the repainter's own weights enter through its sha256 (job.py)
             keep += ["repainter_steps", "repaint_size", "segmenter", "repaint_fraction", "variant_latent",
-                     "task_model", "task_loss", "repainter_images", "repainter_batch", "train_workers",
+                     "task_model", "task_loss", "task_weight", "repainter_images", "repainter_batch", "train_workers",
                      "repainter_norm"]
         return {k: v for k, v in asdict(self).items() if k in keep}
 
@@ -140,6 +141,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     r.add_argument("--task-model", default=d.task_model, help="timm model of the proxy task T")
     r.add_argument("--no-task-loss", dest="task_loss", action="store_false",
                    help="E/G without the task loss (the paper's ablation)")
+    r.add_argument("--task-weight", type=float, default=d.task_weight, help="weight of the task loss for E/G")
     r.add_argument("--repainter-images", type=int, default=d.repainter_images,
                    help="images the repainter trains on (the first of the seeded order; 10%% held out)")
     r.add_argument("--repainter-batch", type=int, default=d.repainter_batch, help="batch per training worker")

@@ -47,7 +47,7 @@ def label_channel_count(cfg: GenerateConfig, source: Source) -> int:
 def model_config(cfg: GenerateConfig, source: Source) -> RepainterConfig:
     return RepainterConfig(label_channels=label_channel_count(cfg, source), num_classes=max(1, len(source.classes)),
                            multilabel=source.kind == "coco", task_model=cfg.task_model,
-                           task_weight=1.0 if cfg.task_loss else 0.0, norm=cfg.repainter_norm)
+                           task_weight=cfg.task_weight if cfg.task_loss else 0.0, norm=cfg.repainter_norm)
 
 
 def training_set(cfg: GenerateConfig, source: Source, records: list[Record], settings: RecordSettings,
@@ -104,7 +104,7 @@ def obtain_repainter(cfg: GenerateConfig, source: Source, records: list[Record],
         data, val = training_set(cfg, source, records, settings, cfg.repaint_size)
         log.info("repainter: training %d steps on %d images (%d held out) at %dpx, %d worker(s)",
                  t.steps, len(data), len(val), t.size, t.workers)
-        path, metrics = train_repainter(model, t, data, val, folder, initial=cfg.repainter)
+        _, metrics = train_repainter(model, t, data, val, folder, initial=cfg.repainter)
         summary = {"identity": identity, "step": t.steps, "metrics": metrics, "training": asdict(t),
                    "images": len(data), "held_out": len(val), "skipped": len(data.skipped)}
         atomic_write_bytes(summary_file, dumps_canonical(summary).encode())
