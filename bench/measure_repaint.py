@@ -10,8 +10,8 @@ the stored label map (`seg.png`, the layout G was given):
 - edge contrast: mean Sobel magnitude on boundary pixels / off them (1.0: edges ignore the layout).
 Rows: each variant; the original itself (the ceiling); an unrelated original and an unrelated
 variant (random images: the floor).
-- colour distance: mean per-pixel RGB distance (0-255 scale) of variant vs original, and of two
-  variants of the same image vs each other.
+- colour distance: mean per-pixel RGB distance (0-255 scale) of variant vs original, of two
+  variants of the same image vs each other, and (for scale) of two unrelated originals.
 Also prints the repainter's training metrics from the manifest (proxy-task accuracy on held-out real
 and painted images).
 """
@@ -76,7 +76,8 @@ def measure(shard_dir: Path, size: int, limit: int) -> dict:
     rows = ("variant", "original", "unrelated_original", "unrelated_variant")
     f_scores: dict[str, list[float]] = {k: [] for k in rows}
     contrast: dict[str, list[float]] = {k: [] for k in rows}
-    colour: dict[str, list[float]] = {"variant_vs_original": [], "variant_vs_variant": []}
+    colour: dict[str, list[float]] = {"variant_vs_original": [], "variant_vs_variant": [],
+                                      "original_vs_unrelated_original": []}
     for i, s in enumerate(samples):
         labels = np.asarray(Image.fromarray(decode_label_map(s["seg.png"], "seg")).resize((size, size), 0))
         boundaries = find_boundaries(labels, mode="inner")
@@ -93,6 +94,8 @@ def measure(shard_dir: Path, size: int, limit: int) -> dict:
                 f, c = _scores(rgb, boundaries, tolerance)
                 f_scores[row].append(f)
                 contrast[row].append(c)
+        colour["original_vs_unrelated_original"].append(
+            float(np.linalg.norm(images["unrelated_original"][0] - original, axis=-1).mean()))
         colour["variant_vs_original"] += [float(np.linalg.norm(p - original, axis=-1).mean()) for p in painted]
         colour["variant_vs_variant"] += [float(np.linalg.norm(a - b, axis=-1).mean())
                                          for j, a in enumerate(painted) for b in painted[j + 1:]]
