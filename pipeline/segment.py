@@ -116,16 +116,33 @@ class CocoPolygonSegmenter:
         return labels
 
 
+def _fh_from_params(spec: str, text: str) -> FelzenszwalbSegmenter:
+    """`scale=300,sigma=0.8,min_size=50`: any of the three, in any order."""
+    kinds = {"scale": float, "sigma": float, "min_size": int}
+    values = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        if name not in kinds:
+            raise ValueError(f"--segmenter {spec!r}: unknown fh parameter {name!r} (expected {', '.join(kinds)})")
+        try:
+            values[name] = kinds[name](value)
+        except ValueError:
+            raise ValueError(f"--segmenter {spec!r}: {name}={value!r} is not a number") from None
+        if values[name] <= 0:
+            raise ValueError(f"--segmenter {spec!r}: {name} must be positive")
+    return FelzenszwalbSegmenter(**values)
+
+
 def make_segmenter(spec: str):
-    """`fh`, `deeplab:WEIGHTS` or `coco`."""
+    """`fh[:scale=S,sigma=G,min_size=M]`, `deeplab:WEIGHTS` or `coco`."""
     kind, _, rest = spec.partition(":")
-    if kind == "fh" and not rest:
-        return FelzenszwalbSegmenter()
+    if kind == "fh":
+        return _fh_from_params(spec, rest) if rest else FelzenszwalbSegmenter()
     if kind == "deeplab" and rest:
         return DeepLabSegmenter(rest)
     if kind == "coco" and not rest:
         return CocoPolygonSegmenter()
-    raise ValueError(f"--segmenter {spec!r}: expected fh, deeplab:WEIGHTS or coco")
+    raise ValueError(f"--segmenter {spec!r}: expected fh[:scale=S,sigma=G,min_size=M], deeplab:WEIGHTS or coco")
 
 
 def label_channels(labels: np.ndarray, num_channels: int) -> np.ndarray:

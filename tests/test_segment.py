@@ -94,5 +94,6 @@ def test_coco_polygons_match_pycocotools(coco128):
 def test_segmenter_specs():
     assert isinstance(make_segmenter("fh"), FelzenszwalbSegmenter)
     assert isinstance(make_segmenter("coco"), CocoPolygonSegmenter)
-    with pytest.raises(ValueError, match="expected fh, deeplab:WEIGHTS or coco"):
+    assert make_segmenter("fh:min_size=50,scale=300").params == {"scale": 300.0, "sigma": 0.8, "min_size": 50}
+    with pytest.raises(ValueError, match=r"expected fh\[:scale=S,sigma=G,min_size=M\], deeplab:WEIGHTS or coco"):
         make_segmenter("slic")
