@@ -7,12 +7,13 @@ at it. Read back from the written shards (not from memory), so it shows what is 
 from __future__ import annotations
 
 import io
-import tarfile
+import itertools
 from pathlib import Path
 
 import numpy as np
 import torch
 import torchvision.utils
+import webdataset as wds
 from PIL import Image
 
 from manifests import decode_image
@@ -29,14 +30,9 @@ def colourise(labels: np.ndarray) -> Image.Image:
 
 
 def _samples(shard: Path, count: int) -> list[dict[str, bytes]]:
-    grouped: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(shard) as tar:
-        for member in tar:
-            key, _, field = member.name.partition(".")
-            if key not in grouped and len(grouped) == count:
-                break
-            grouped.setdefault(key, {})[field] = tar.extractfile(member).read()
-    return [s for s in grouped.values() if "seg.png" in s]
+    """The first `count` samples of a shard that carry variants."""
+    samples = wds.WebDataset(str(shard), shardshuffle=False)
+    return [s for s in itertools.islice(samples, count) if "seg.png" in s]
 
 
 def write_preview(out: Path, shard_names: list[str], variants: int, rows: int = 6, cell: int = 96) -> str | None:

@@ -59,9 +59,14 @@ def load_repainter(path: str | Path) -> tuple[RepainterConfig, Encoder, Generato
     return cfg, encoder.eval(), generator.eval(), info
 
 
-def variant_seed(seed: int, key: str, variant: int) -> int:
-    digest = hashlib.sha256(f"{seed}:{key}:{variant}".encode()).digest()
+def derive_seed(*parts: object) -> int:
+    """sha256 of the parts joined by ':' (the manifest's SEED_RULE), as a non-negative int64."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+def variant_seed(seed: int, key: str, variant: int) -> int:
+    return derive_seed(seed, key, variant)
 
 
 def prior_latent(cfg: RepainterConfig, size: int, seed: int, count: int = 1) -> torch.Tensor:

@@ -12,7 +12,6 @@ uninterrupted one would have.
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
 import os
 import tempfile
@@ -31,7 +30,7 @@ from tqdm import tqdm
 
 from manifests.manifest import atomic_write_bytes
 
-from .repaint import load_repainter, prior_latent, save_repainter
+from .repaint import derive_seed, load_repainter, prior_latent, save_repainter
 from .repaint_data import RepaintSet, to_model_inputs
 from .repaint_steps import RepainterConfig, RepainterNets, d_t_step, g_step, unwrap
 
@@ -56,13 +55,9 @@ class TrainSettings:
     progress: bool = True
 
 
-def _seed(*parts: object) -> int:
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
-
-
 def _batch(data: RepaintSet, mine: np.ndarray, cfg: RepainterConfig, t: TrainSettings, step: int, rank: int,
            draw: int, device: torch.device):
-    rng = np.random.default_rng(_seed(t.seed, "batch", step, rank, draw))
+    rng = np.random.default_rng(derive_seed(t.seed, "batch", step, rank, draw))
     idx = np.sort(rng.choice(mine, size=min(t.batch_size, len(mine)), replace=False))
     image, labels = to_model_inputs(data.images[idx], data.labels[idx], cfg.label_channels)
     target = torch.from_numpy(data.targets[idx])
@@ -81,7 +76,7 @@ def proxy_accuracy(nets: RepainterNets, val: RepaintSet, cfg: RepainterConfig, d
                                         cfg.label_channels)
         image, labels = image.to(device), labels.to(device)
         target = torch.tensor(val.targets[i:i + batch_size])
-        z = prior_latent(cfg, image.shape[-1], _seed(seed, "proxy", i), count=len(image))
+        z = prior_latent(cfg, image.shape[-1], derive_seed(seed, "proxy", i), count=len(image))
         painted = G(z.to(device), labels)
         for name, x in (("real", image), ("painted", painted)):
             top1 = T(x).argmax(1).cpu()
@@ -179,7 +174,7 @@ def train_loop(config: dict) -> None:
         losses: dict[str, float] = {}
         for draw in range(cfg.d_steps + 1):  # d_steps D/T updates, then one E/G update
             batch = _batch(data, mine, cfg, t, step, rank, draw, device)
-            noise = torch.Generator().manual_seed(_seed(t.seed, "z", step, rank, draw))
+            noise = torch.Generator().manual_seed(derive_seed(t.seed, "z", step, rank, draw))
             losses.update((d_t_step if draw < cfg.d_steps else g_step)(nets, *batch, generator=noise))
         if not all(math.isfinite(v) for v in losses.values()):
             raise FloatingPointError(f"repainter step {step + 1}: non-finite loss {losses}")

@@ -161,3 +161,26 @@ def test_a_record_that_kills_its_repaint_actor_fails_the_job_after_bounded_retri
         _write_shards(cfg, plan_shards(1, 1), [PoisonRecord(0, "poison/0")], settings, tmp_path, "fp",
                       trained / "repainter" / "repainter.pt")
     assert not list(tmp_path.glob("shard-*.tar"))
+
+
+def test_task_loss_flags_and_norm_reach_the_model():
+    from pipeline.repaint_job import model_config
+    from pipeline.sources import open_source
+
+    source = open_source("demo:8:32")
+    assert model_config(GenerateConfig(source="demo:8:32", task_weight=5.0), source).task_weight == 5.0
+    off = model_config(GenerateConfig(source="demo:8:32", task_weight=5.0, task_loss=False), source)
+    assert off.task_weight == 0.0 and off.norm == "instance"
+    assert model_config(GenerateConfig(source="demo:8:32", repainter_norm="batch"), source).norm == "batch"
+    assert model_config(GenerateConfig(source="demo:8:32"), source).num_classes == len(source.classes)
+
+
+def test_more_train_workers_than_cpus_is_refused_not_left_waiting(ray_address, tmp_path):
+    with pytest.raises(ValueError, match="--train-workers 3 needs 3 CPUs; the Ray cluster has 2"):
+        run_job(GenerateConfig(source="demo:8:32", out=str(tmp_path), variants=1, repainter_steps=1,
+                               train_workers=3, **TINY))
+
+
+def test_too_few_readable_images_to_train_on_is_named(ray_address, tmp_path):
+    with pytest.raises(ValueError, match="the repainter needs at least 4 readable images, got 3"):
+        run_job(GenerateConfig(source="demo:3:32", out=str(tmp_path), variants=1, repainter_steps=1, **TINY))
