@@ -184,3 +184,16 @@ def test_more_train_workers_than_cpus_is_refused_not_left_waiting(ray_address, t
 def test_too_few_readable_images_to_train_on_is_named(ray_address, tmp_path):
     with pytest.raises(ValueError, match="the repainter needs at least 4 readable images, got 3"):
         run_job(GenerateConfig(source="demo:3:32", out=str(tmp_path), variants=1, repainter_steps=1, **TINY))
+
+
+def test_a_finished_job_reruns_without_starting_ray(trained):
+    # An --address the user names must be reachable, so starting Ray here would fail the rerun.
+    argv = [sys.executable, str(REPO / "pipeline" / "generate.py"), "--source", "demo:24:48", "--out", str(trained),
+            "--samples-per-shard", "8", "--variants", "2", "--repainter-steps", "3", "--train-workers", "2",
+            "--repaint-size", "32", "--repainter-batch", "2", "--task-model", "resnet10t", "--no-progress",
+            "--address", "127.0.0.1:9"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    rerun = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "reusing the finished training" in rerun.stderr
+    assert "3 verified from an earlier run, 0 to write" in rerun.stderr
