@@ -6,8 +6,8 @@
     decodes, segments, paints N variants, encodes and writes shards. The bare loop calls only G
     on the same images, prepared beforehand (decoded, segmented, resized): the generator's own cost.
     Ray's cluster start is excluded; the actors' start and model load are included.
-(2) Training steps/s of the repainter (2 D/T updates + 1 E/G update per step, resnet18 proxy task)
-    at 64x64 and 128x128, batch 4, on this machine's threads.
+(2) Training steps/s of the repainter (one E/G, one D and one T update per step, resnet18 proxy
+    task) at 32x32 and 64x64, batch 16, on this machine's threads.
 Weights are random: speed does not depend on training.
 """
 
@@ -28,26 +28,26 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.demo_data import render_demo  # noqa: E402
-from pipeline.repaint import prior_latent, save_repainter, variant_seed  # noqa: E402
-from pipeline.repaint_data import resize_pair, to_model_inputs  # noqa: E402
-from pipeline.repaint_steps import RepainterConfig, RepainterNets, d_t_step, g_step  # noqa: E402
+from pipeline.repaint.config import RepainterConfig  # noqa: E402
+from pipeline.repaint.data import resize_pair, to_model_inputs  # noqa: E402
+from pipeline.repaint.paint import paint_variants, save_repainter, variant_seed  # noqa: E402
+from pipeline.repaint.steps import RepainterNets, train_step  # noqa: E402
 from pipeline.segment import make_segmenter  # noqa: E402
 
 
 def bare_generator_rate(nets: RepainterNets, images: int, variants: int, size: int) -> float:
-    """N latent draws + G per image: nothing else."""
-    segmenter = make_segmenter("fh")
+    """E, N code draws and G per image: nothing else."""
+    segmenter = make_segmenter("demo")
     inputs = []
     for i in range(images):
         image = render_demo(0, i, 96)[0]
-        small, labels = resize_pair(image, segmenter(image), size)
+        small, labels = resize_pair(image, segmenter(image, {"source_id": f"demo/{i}"}), size)
         inputs.append(to_model_inputs(small[None], labels[None], nets.cfg.label_channels))
-    G = nets.G.eval()
+    E, G = nets.E.eval(), nets.G.eval()
     start = time.perf_counter()
     with torch.no_grad():
-        for i, (_, channels) in enumerate(inputs):
-            z = torch.cat([prior_latent(nets.cfg, size, variant_seed(0, str(i), v)) for v in range(variants)])
-            G(z, channels.expand(variants, -1, -1, -1))
+        for i, (x, channels) in enumerate(inputs):
+            paint_variants(E, G, nets.cfg, x, channels, [variant_seed(0, str(i), v) for v in range(variants)])
     return images / (time.perf_counter() - start)
 
 
@@ -62,18 +62,16 @@ def job_rate(checkpoint: Path, out: Path, images: int, variants: int, size: int,
     return images / (time.perf_counter() - start)
 
 
-def training_rate(size: int, steps: int = 4, batch: int = 4) -> float:
-    nets = RepainterNets(RepainterConfig(num_classes=10))
+def training_rate(size: int, steps: int = 4, batch: int = 16) -> float:
+    nets = RepainterNets(RepainterConfig(num_classes=10, task_warmup=0))
     x, labels = torch.randn(batch, 3, size, size), torch.zeros(batch, 17, size, size)
-    labels[:, 0] = 1
+    labels[:, 0, :, : size // 2] = 1
+    labels[:, 1, :, size // 2:] = 1
     target = torch.randint(0, 10, (batch,))
-    for _ in range(1):  # warm-up
-        d_t_step(nets, x, labels, target)
+    train_step(nets, x, labels, target, step=0)  # warm-up
     start = time.perf_counter()
-    for _ in range(steps):
-        d_t_step(nets, x, labels, target)
-        d_t_step(nets, x, labels, target)
-        g_step(nets, x, labels, target)
+    for step in range(steps):
+        train_step(nets, x, labels, target, step=step)
     return steps / (time.perf_counter() - start)
 
 
@@ -90,7 +88,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_repaint_"))
     ray_temp = tempfile.mkdtemp(prefix="rb", dir="/tmp")
     torch.manual_seed(0)
-    nets = RepainterNets(RepainterConfig(num_classes=6))
+    nets = RepainterNets(RepainterConfig(num_classes=6, label_channels=5))
     checkpoint = work / "repainter.pt"
     save_repainter(checkpoint, nets.cfg, nets.E, nets.G, step=0)
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2,
@@ -105,7 +103,7 @@ def main() -> None:
                                         args.size, workers)
             rounds.append(row)
         torch.set_num_threads(os.cpu_count() or 1)
-        train = {s: training_rate(s) for s in (64, 128)}
+        train = {s: training_rate(s) for s in (32, 64)}
     finally:
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
@@ -120,8 +118,8 @@ def main() -> None:
         print(f"job, {workers} actor(s) x 1 thread : {med[workers]:7.2f} img/s   x{statistics.median(ratios):.2f} "
               f"vs bare [{min(ratios):.2f}-{max(ratios):.2f}]"
               + (f"   (pipeline overhead {100 * (1 - statistics.median(ratios)):.0f} %)" if workers == 1 else ""))
-    print(f"training, batch 4, {torch.get_num_threads()} threads: {train[64]:.3f} steps/s at 64x64, "
-          f"{train[128]:.3f} steps/s at 128x128 (x{train[64] / train[128]:.1f} slower at 128)")
+    print(f"training, batch 16, {torch.get_num_threads()} threads: {train[32]:.3f} steps/s at 32x32, "
+          f"{train[64]:.3f} steps/s at 64x64 (x{train[32] / train[64]:.1f} slower at 64)")
 
 
 if __name__ == "__main__":

@@ -66,10 +66,28 @@ def show(path: str) -> int:
         r = m["repainter"]
         lines.append(f"repainter   sha256 {r['sha256'][:16]}..  step {r['step']}  painted at {r['repaint_size']}px"
                      f"  fraction {r['repaint_fraction']}")
+        lines += _quality_lines(r.get("quality") or {})
     if m.get("preview"):
         lines.append(f"preview     {manifest_path(path).parent / m['preview']}")
     print("\n".join(lines))
     return 0
+
+
+def _quality_lines(q: dict) -> list[str]:
+    """The repainter's own measurements of its variants (pipeline/repaint/quality.py)."""
+    lines = []
+    if q.get("images"):
+        f, c = q["boundary_f"], q["colour_distance"]
+        closed = q.get("boundary_f_gap_closed")
+        lines.append(f"variants    boundary F {f['variant']:.3f} (original {f['original']:.3f}, unrelated image "
+                     f"{f['unrelated_original']:.3f}; {'n/a' if closed is None else f'{closed:.0%}'} of the gap "
+                     f"closed) on {q['images']} images at {q['size']}px")
+        lines.append(f"variants    colour distance to the original {c['variant_vs_original']:.1f}, "
+                     f"between two variants {c['variant_vs_variant']:.1f} (mean per pixel, 0-255)")
+    if "proxy_acc_real" in q:
+        lines.append(f"proxy task  top-1 on held-out originals {q['proxy_acc_real']:.1%}, "
+                     f"on their variants {q.get('proxy_acc_painted', float('nan')):.1%}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

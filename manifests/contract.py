@@ -9,6 +9,7 @@ under `seg.png` (16-bit ids).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from urllib.parse import urlparse
 
@@ -33,7 +34,14 @@ FORBIDDEN_EXTENSIONS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "npy", "n
 ALLOWED_URL_SCHEMES = ("file", "http", "https")
 
 # Every random draw for a sample comes from this rule, so output is independent of worker count.
-SEED_RULE = "sha256(f'{seed}:{key}:{variant}')[:8] as little-endian uint64"
+SEED_RULE = "sha256(':'.join(map(str, (seed, key, variant, ...))))[:8] as little-endian uint64, >> 1"
+
+
+def derive_seed(*parts: object) -> int:
+    """SEED_RULE: sha256 of the parts joined by ':', as a non-negative int64. The producer (variant
+    codes, batches) and the consumer (variant choice, augmentation) both draw through this one rule."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 class ContractError(ValueError):

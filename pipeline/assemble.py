@@ -89,7 +89,7 @@ def _repaint_entries(cfg: GenerateConfig, info: dict | None) -> dict:
         "repainter": {"sha256": info["sha256"], "step": info["step"], "config": info["config"],
                       "trained_by_this_job": info["trained_by_this_job"], "training": info.get("training"),
                       "repaint_size": cfg.repaint_size, "repaint_fraction": cfg.repaint_fraction,
-                      "variant_latent": cfg.variant_latent,
+                      "variant_latent": cfg.variant_latent, "region_keep_prob": cfg.region_keep_prob,
                       "file": "repainter/repainter.pt" if info["trained_by_this_job"] else None},
     }
 

@@ -80,8 +80,16 @@ def _shape_mask(kind: str, size: int, cx: float, cy: float, r: float, turn: floa
 
 def render_demo(dataset_seed: int, index: int, size: int) -> tuple[Image.Image, int, list, list]:
     """Draw demo image `index`: (image, class of the largest shape, xywh boxes, box classes)."""
+    image, label, boxes, labels, _ = render_demo_layers(dataset_seed, index, size)
+    return image, label, boxes, labels
+
+
+def render_demo_layers(dataset_seed: int, index: int, size: int) -> tuple[Image.Image, int, list, list, np.ndarray]:
+    """`render_demo` plus its label map: uint16, 0 = background, i + 1 = the i-th object drawn (a
+    later object covers an earlier one), the exact layout the `demo` segmenter gives the repainter."""
     rng = demo_rng(dataset_seed, index)
     image = _texture(rng, size)
+    layout = np.zeros((size, size), np.uint16)
     n_objects = int(rng.integers(1, 4))
     radii = sorted(rng.uniform(0.12, 0.3, size=n_objects) * size, reverse=True)
     radii[0] = max(radii[0], 0.22 * size)  # the class-defining shape is clearly the largest
@@ -94,7 +102,8 @@ def render_demo(dataset_seed: int, index: int, size: int) -> tuple[Image.Image, 
         if bbox is None:
             continue
         image = Image.composite(_texture(rng, size), image, mask)
+        layout[np.asarray(mask) > 127] = len(labels) + 1
         x0, y0, x1, y1 = bbox
         boxes.append([x0, y0, x1 - x0, y1 - y0])
         labels.append(label)
-    return image, labels[0], boxes, labels
+    return image, labels[0], boxes, labels, layout

@@ -1,7 +1,7 @@
 """The sharding job on Ray: one task writes one shard; the driver resumes, tracks and assembles.
 
-Only this module and the repainter's (repaint_job, repaint_train) import ray. Every task is a plain call of
-`shards.write_shard`, so what runs on a worker is what the tests run without Ray.
+Only this module and the repainter's orchestration (repaint/job.py, repaint/train.py) import ray.
+Every task is a plain call of `shards.write_shard`, so what runs on a worker is what the tests run without Ray.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from .assemble import build_manifest, job_fingerprint, write_timm_info
 from .job_config import GenerateConfig
 from .preview import write_preview
 from .records import RecordSettings
-from .repaint_job import obtain_repainter, start_writers
+from .repaint.job import obtain_repainter, start_writers
+from .repaint.quality import measure_shards
 from .shards import ShardPlan, load_done, plan_shards, remove_stale_temporaries, shuffled, write_shard
 from .sources import open_source
 
@@ -142,6 +143,15 @@ def _write_shards(cfg: GenerateConfig, todo: list[ShardPlan], records: list, set
     return done
 
 
+def repaint_quality(out: Path, shard_names: list[str], cfg: GenerateConfig, repaint_info: dict) -> dict:
+    """What the variants are, measured on the written shards (boundary F, colour distances) at G's
+    resolution, with the proxy's held-out top-1 from the repainter's training."""
+    quality = measure_shards([str(out / n) for n in shard_names], cfg.repaint_size)
+    metrics = (repaint_info.get("training") or {}).get("metrics") or {}
+    quality.update({k: metrics[k] for k in ("proxy_acc_real", "proxy_acc_painted") if k in metrics})
+    return quality
+
+
 def run_job(cfg: GenerateConfig) -> Path:
     """Shard `cfg.source` into `cfg.out`, resuming whatever an earlier run left verified."""
     source = open_source(cfg.source)
@@ -171,7 +181,9 @@ def run_job(cfg: GenerateConfig) -> Path:
             done += _write_shards(cfg, todo, records, settings, out, fingerprint, repainter)
     manifest = build_manifest(cfg, source, len(records), done, repaint_info)
     if cfg.variants:
-        manifest["preview"] = write_preview(out, [s["name"] for s in manifest["shards"]], cfg.variants)
+        names = [s["name"] for s in manifest["shards"]]
+        manifest["preview"] = write_preview(out, names, cfg.variants)
+        manifest["repainter"]["quality"] = repaint_quality(out, names, cfg, repaint_info)
     write_manifest(out, manifest)  # last: a manifest means every shard it lists is done
     write_timm_info(out, manifest)
     t = manifest["totals"]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from manifests.imageio import DEFAULT_MAX_PIXELS
 
+DEMO_STEPS = 300
+
 
 @dataclass
 class GenerateConfig:
@@ -27,16 +29,18 @@ class GenerateConfig:
     progress: bool = True
     # The repainter (used when variants > 0)
     repainter: str | None = None
-    repainter_steps: int = 100
-    repaint_size: int = 64
-    segmenter: str = "fh"
+    repainter_steps: int | None = None  # DEMO_STEPS for the demo source, else 2000
+    repaint_size: int | None = None  # 48 for the demo source, else 64
+    region_keep_prob: float = 0.5
+    segmenter: str | None = None  # demo for the demo source (its own masks), else fh
     repaint_fraction: float = 1.0
     variant_latent: str = "prior"
     task_model: str = "resnet18"
     task_loss: bool = True
     task_weight: float = 1.0
+    task_warmup: int = 100
     repainter_images: int = 1024
-    repainter_batch: int = 4
+    repainter_batch: int = 16
     repainter_checkpoint_every: int = 25
     train_workers: int = 1
     repainter_norm: str = "instance"
@@ -47,16 +51,24 @@ class GenerateConfig:
             if not self.source.startswith("demo"):
                 raise ValueError("--out is required for imagefolder: and coco: sources")
             self.out = "demo_out"
+        demo = self.source.startswith("demo")
+        if self.segmenter is None:
+            self.segmenter = "demo" if demo else "fh"
+        if self.repainter_steps is None:  # the demo's recipe fits `make demo` in ~7 minutes on 2 cores
+            self.repainter_steps = DEMO_STEPS if demo else 2000
+        if self.repaint_size is None:
+            self.repaint_size = 48 if demo else 64
         checks = {
             "--variants": self.variants >= 0, "--samples-per-shard": self.samples_per_shard > 0,
             "--workers": self.workers > 0, "--max-side": self.max_side is None or self.max_side >= 8,
             "--limit": self.limit is None or self.limit > 0, "--max-retries": self.max_retries >= 0,
             "--max-pixels": self.max_pixels > 0, "--repainter-steps": self.repainter_steps >= 0,
-            "--repaint-size": self.repaint_size >= 16 and self.repaint_size % 16 == 0,
+            "--repaint-size": self.repaint_size >= 16 and self.repaint_size % 4 == 0,
+            "--region-keep-prob": 0 <= self.region_keep_prob < 1,
             "--repaint-fraction": 0 < self.repaint_fraction <= 1, "--repainter-images": self.repainter_images >= 2,
             "--repainter-batch": self.repainter_batch > 0,
             "--repainter-checkpoint-every": self.repainter_checkpoint_every > 0,
-            "--train-workers": self.train_workers > 0,
+            "--train-workers": self.train_workers > 0, "--task-warmup": self.task_warmup >= 0,
             "--gpus": self.gpus >= 0, "--task-weight": self.task_weight > 0,
         }
         bad = [flag for flag, ok in checks.items() if not ok]
@@ -73,6 +85,8 @@ class GenerateConfig:
             raise ValueError(f"--segmenter {self.segmenter}: weights file {self.segmenter[8:]} not found")
         if self.segmenter == "coco" and not self.source.startswith("coco:"):
             raise ValueError("--segmenter coco needs a coco: source (it paints the annotations' polygons)")
+        if self.segmenter == "demo" and not self.source.startswith("demo"):
+            raise ValueError("--segmenter demo needs the demo source (it draws the demo's own shape masks)")
         if self.repainter is not None and not Path(self.repainter).is_file():
             raise ValueError(f"--repainter {self.repainter}: file not found")
         import timm
@@ -93,8 +107,8 @@ class GenerateConfig:
         keep = ["variants", "samples_per_shard", "seed", "max_side", "limit", "max_pixels", "shuffle"]
         if self.variants > 0:  # the repainter's own weights enter through its sha256 (job.py)
             keep += ["repainter_steps", "repaint_size", "segmenter", "repaint_fraction", "variant_latent",
-                     "task_model", "task_loss", "task_weight", "repainter_images", "repainter_batch", "train_workers",
-                     "repainter_norm"]
+                     "task_model", "task_loss", "task_weight", "task_warmup", "region_keep_prob", "repainter_images",
+                     "repainter_batch", "train_workers", "repainter_norm"]
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 
@@ -128,11 +142,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("repainter (with --variants > 0)")
     r.add_argument("--repainter", default=None, metavar="CKPT",
                    help="start from this repainter checkpoint (with --repainter-steps 0: use it as is)")
-    r.add_argument("--repainter-steps", type=int, default=d.repainter_steps, metavar="K",
-                   help="E/G training steps (each after 2 D/T steps) before sharding")
-    r.add_argument("--repaint-size", type=int, default=d.repaint_size, metavar="PX",
-                   help="the generator's resolution; variants are resized back to the stored size")
-    r.add_argument("--segmenter", default=d.segmenter, help="fh | deeplab:WEIGHTS.pt | coco (ground-truth polygons)")
+    r.add_argument("--repainter-steps", type=int, default=None, metavar="K",
+                   help=f"training steps (each one E/G, one D and one T update) before sharding "
+                        f"(default {DEMO_STEPS} for the demo, else 2000)")
+    r.add_argument("--repaint-size", type=int, default=None, metavar="PX",
+                   help="the generator's resolution, a multiple of 4 (default 48 for the demo, else 64); "
+                        "variants are resized back to the stored size")
+    r.add_argument("--region-keep-prob", type=float, default=d.region_keep_prob, metavar="P",
+                   help="per variant and region: keep (a sample of) the region's own style with probability P, "
+                        "else paint it with a new one (0: every region new)")
+    r.add_argument("--segmenter", default=None,
+                   help="fh[:scale=S,sigma=G,min_size=M] (default for folders and COCO) | deeplab:WEIGHTS.pt | "
+                        "coco (ground-truth polygons) | demo (the demo's own masks; its default)")
     r.add_argument("--repaint-fraction", type=float, default=d.repaint_fraction, metavar="P",
                    help="repaint only this seeded fraction of the images")
     r.add_argument("--variant-latent", default=d.variant_latent,
@@ -142,6 +163,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-task-loss", dest="task_loss", action="store_false",
                    help="E/G without the task loss (the paper's ablation)")
     r.add_argument("--task-weight", type=float, default=d.task_weight, help="weight of the task loss for E/G")
+    r.add_argument("--task-warmup", type=int, default=d.task_warmup, metavar="K",
+                   help="steps the proxy task trains on real images only before its loss reaches E/G")
     r.add_argument("--repainter-images", type=int, default=d.repainter_images,
                    help="images the repainter trains on (the first of the seeded order; 10%% held out)")
     r.add_argument("--repainter-batch", type=int, default=d.repainter_batch, help="batch per training worker")

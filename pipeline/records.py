@@ -27,7 +27,7 @@ from manifests.imageio import DEFAULT_MAX_PIXELS
 
 from .sources import Record
 
-# Repainting hook (pipeline/repaint.py): (image, key, metadata) -> {field: bytes}, e.g. {"rp0.jpg": ...}.
+# Repainting hook (pipeline/repaint/paint.py): (image, key, metadata) -> {field: bytes}, e.g. {"rp0.jpg": ...}.
 Repainter = Callable[[Image.Image, str, dict], dict[str, bytes]]
 
 

@@ -6,6 +6,9 @@ Three implementations behind one call, `segmenter(image, meta) -> uint16 label m
   own channels and the rest in one "other" channel.
 - a torchvision DeepLabV3 / LR-ASPP with weights from a local file (`deeplab:WEIGHTS`): class ids.
 - COCO ground-truth polygons (`coco`): 0 background, category index + 1.
+- the built-in demo's own shape masks (`demo`, the default for `--source demo`): 0 background,
+  i + 1 the i-th object. FH over-segments the demo's textures (a checkerboard becomes dozens of
+  segments), and the demo knows its shapes exactly, as COCO knows its polygons.
 `label_channels` turns a map into the generator's input: one-hot channels plus a boundary channel.
 """
 
@@ -116,6 +119,32 @@ class CocoPolygonSegmenter:
         return labels
 
 
+@dataclass
+class DemoMaskSegmenter:
+    """The demo's layout, drawn again from the sample's index (`demo/<index>`) at the source size and
+    resized (nearest) to the stored image, so `--max-side` keeps it aligned."""
+
+    dataset_seed: int = 0  # what `--source demo` draws with
+    name: str = "demo"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"dataset_seed": self.dataset_seed}
+
+    def __call__(self, image: Image.Image, meta: dict | None = None) -> np.ndarray:
+        from .demo_data import render_demo_layers
+
+        source_id = (meta or {}).get("source_id", "")
+        kind, _, index = source_id.partition("/")
+        if kind != "demo" or not index.isdigit():
+            raise ValueError(f"{source_id or 'image'}: the demo segmenter only knows demo images (demo/<index>)")
+        size = int(meta.get("source_width", image.size[0]))
+        layout = render_demo_layers(self.dataset_seed, int(index), size)[4]
+        if layout.shape[::-1] != image.size:
+            layout = np.asarray(Image.fromarray(layout).resize(image.size, Image.Resampling.NEAREST))
+        return layout.astype(np.uint16)
+
+
 def _fh_from_params(spec: str, text: str) -> FelzenszwalbSegmenter:
     """`scale=300,sigma=0.8,min_size=50`: any of the three, in any order."""
     kinds = {"scale": float, "sigma": float, "min_size": int}
@@ -134,7 +163,7 @@ def _fh_from_params(spec: str, text: str) -> FelzenszwalbSegmenter:
 
 
 def make_segmenter(spec: str):
-    """`fh[:scale=S,sigma=G,min_size=M]`, `deeplab:WEIGHTS` or `coco`."""
+    """`fh[:scale=S,sigma=G,min_size=M]`, `deeplab:WEIGHTS`, `coco` or `demo`."""
     kind, _, rest = spec.partition(":")
     if kind == "fh":
         return _fh_from_params(spec, rest) if rest else FelzenszwalbSegmenter()
@@ -142,7 +171,9 @@ def make_segmenter(spec: str):
         return DeepLabSegmenter(rest)
     if kind == "coco" and not rest:
         return CocoPolygonSegmenter()
-    raise ValueError(f"--segmenter {spec!r}: expected fh[:scale=S,sigma=G,min_size=M], deeplab:WEIGHTS or coco")
+    if kind == "demo" and not rest:
+        return DemoMaskSegmenter()
+    raise ValueError(f"--segmenter {spec!r}: expected fh[:scale=S,sigma=G,min_size=M], deeplab:WEIGHTS, coco or demo")
 
 
 def label_channels(labels: np.ndarray, num_channels: int) -> np.ndarray:

@@ -20,7 +20,7 @@ main = _generate.main
     (["--samples-per-shard", "-1"], "invalid value for --samples-per-shard"),
     (["--repaint-fraction", "0"], "invalid value for --repaint-fraction"),
     (["--repaint-size", "50"], "invalid value for --repaint-size"),
-    (["--segmenter", "slic"], "--segmenter 'slic': expected fh[:scale=S,sigma=G,min_size=M], deeplab:WEIGHTS"),
+    (["--segmenter", "slic"], "--segmenter 'slic': expected fh[:scale=S,sigma=G,min_size=M], deeplab:WEIGHTS, coco"),
     (["--segmenter", "fh:scale=x"], "--segmenter 'fh:scale=x': scale='x' is not a number"),
     (["--segmenter", "fh:k=3"], "--segmenter 'fh:k=3': unknown fh parameter 'k'"),
     (["--segmenter", "fh:min_size=-1"], "--segmenter 'fh:min_size=-1': min_size must be positive"),

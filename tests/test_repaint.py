@@ -12,9 +12,9 @@ from PIL import Image
 
 from manifests.imageio import decode_label_map
 from pipeline.records import RecordSettings, process_record
-from pipeline.repaint import Repaint, load_repainter, save_repainter
-from pipeline.repaint_nets import Encoder, Generator
-from pipeline.repaint_steps import RepainterConfig
+from pipeline.repaint.config import RepainterConfig
+from pipeline.repaint.nets import build_encoder, build_generator
+from pipeline.repaint.paint import Repaint, load_repainter, save_repainter
 from pipeline.segment import FelzenszwalbSegmenter
 from pipeline.sources import demo_source
 
@@ -24,9 +24,9 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
-    cfg = RepainterConfig(label_channels=9, z_channels=4, ngf=8, spade_hidden=8, num_up=3, ndf=8)
+    cfg = RepainterConfig(label_channels=9, z_dim=4, encoder_width=8, ngf=8, spade_hidden=8, num_up=3, ndf=8)
     path = tmp_path_factory.mktemp("ckpt") / "repainter.pth"
-    sha = save_repainter(path, cfg, Encoder(4, 8, 3), Generator(9, 4, 8, 3, 8), step=5)
+    sha = save_repainter(path, cfg, build_encoder(cfg), build_generator(cfg), step=5)
     return path, sha
 
 
@@ -81,7 +81,10 @@ def test_bad_checkpoints_and_sizes_are_named(checkpoint, tmp_path):
     with pytest.raises(ValueError, match="bad.pth: not a loadable repainter checkpoint"):
         load_repainter(bad)
     torch.save({"format": "other"}, bad)
-    with pytest.raises(ValueError, match="bad.pth: not a repainter-v1 checkpoint"):
+    with pytest.raises(ValueError, match="bad.pth: not a repainter-v2 checkpoint"):
+        load_repainter(bad)
+    torch.save({"format": "repainter-v2", "config": {"z_channels": 16}, "step": 0}, bad)
+    with pytest.raises(ValueError, match=r"unknown keys \['z_channels'\]"):
         load_repainter(bad)
     with pytest.raises(FileNotFoundError, match="missing.pth: repainter checkpoint not found"):
         load_repainter(tmp_path / "missing.pth")

@@ -7,8 +7,8 @@ import torch
 
 from pipeline.preview import colourise
 from pipeline.records import RecordSettings
-from pipeline.repaint import is_repainted
-from pipeline.repaint_data import build_repaint_set, task_target, to_model_inputs
+from pipeline.repaint.data import build_repaint_set, task_target, to_model_inputs
+from pipeline.repaint.paint import is_repainted
 from pipeline.segment import make_segmenter
 from pipeline.sources import open_source
 from tests.badinputs import jpeg_bytes, write_files

@@ -21,7 +21,7 @@ from manifests.__main__ import main as manifests_cli
 from manifests.imageio import decode_label_map
 from pipeline.job import run_job
 from pipeline.job_config import GenerateConfig
-from pipeline.repaint import is_repainted, load_repainter
+from pipeline.repaint.paint import is_repainted, load_repainter
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"repaint_size": 32, "repainter_batch": 2, "task_model": "resnet10t", "progress": False}
@@ -49,9 +49,12 @@ def test_job_trains_on_ray_train_and_writes_variants_at_the_stored_size(trained)
     checkpoint = trained / "repainter" / "repainter.pt"
     assert manifest["repainter"]["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     assert manifest["repainter"]["step"] == 3 and manifest["repainter"]["trained_by_this_job"]
-    assert manifest["segmenter"] == {"name": "fh", "params": {"scale": 100.0, "sigma": 0.8, "min_size": 20}}
+    assert manifest["segmenter"] == {"name": "demo", "params": {"dataset_seed": 0}}  # the demo's default
     training = manifest["repainter"]["training"]
     assert training["metrics"]["step"] == 3 and 0 <= training["metrics"]["proxy_acc_painted"] <= 1
+    quality = manifest["repainter"]["quality"]  # measured on the written shards
+    assert quality["images"] > 0 and set(quality["boundary_f"]) == {"variant", "original", "unrelated_original"}
+    assert quality["colour_distance"]["variant_vs_variant"] > 0 and "proxy_acc_real" in quality
     assert verify_shard_set(trained) == []
     samples = _samples(trained)
     assert len(samples) == 24
@@ -75,7 +78,8 @@ def test_preview_grid_is_written_and_shown(trained, capsys):
     assert grid.width == 2 + 4 * (96 + 2) and grid.height == 2 + 6 * (96 + 2)  # 6 rows of orig, map, 2 variants
     assert manifests_cli(["show", str(trained)]) == 0
     shown = capsys.readouterr().out
-    assert f"preview     {preview}" in shown and "repainter   sha256" in shown and "segmenter   fh" in shown
+    assert f"preview     {preview}" in shown and "repainter   sha256" in shown and "segmenter   demo" in shown
+    assert "variants    boundary F" in shown and "between two variants" in shown and "proxy task  top-1" in shown
 
 
 def test_rerun_reuses_the_training_and_rewrites_nothing(trained):
@@ -164,7 +168,7 @@ def test_a_record_that_kills_its_repaint_actor_fails_the_job_after_bounded_retri
 
 
 def test_task_loss_flags_and_norm_reach_the_model():
-    from pipeline.repaint_job import model_config
+    from pipeline.repaint.job import model_config
     from pipeline.sources import open_source
 
     source = open_source("demo:8:32")

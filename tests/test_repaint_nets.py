@@ -1,38 +1,44 @@
-"""The repainter's networks: shapes, sizes, gradients to every parameter, norm choices."""
+"""The repainter's networks: shapes, region codes, gradients to every parameter, sizes, norm choices."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pipeline.repaint_nets import (
-    Encoder,
-    Generator,
-    MultiScaleDiscriminator,
+from pipeline.repaint.config import RepainterConfig
+from pipeline.repaint.nets import (
+    build_discriminator,
+    build_encoder,
+    build_generator,
     count_parameters,
     param_free_norm,
+    region_pool,
     reparameterize,
+    style_map,
 )
 
 torch.set_num_threads(2)
-LABELS = 9  # e.g. 8 segment channels + boundary
+CFG = RepainterConfig(label_channels=5, z_dim=4, encoder_width=8, ngf=8, spade_hidden=8, num_up=2, ndf=8)
+
+
+def _labels(b: int, h: int, w: int) -> torch.Tensor:
+    """Four vertical stripes as regions, plus a boundary channel."""
+    ids = (torch.arange(w) * 4 // w).expand(b, h, w)
+    one_hot = torch.nn.functional.one_hot(ids, 4).permute(0, 3, 1, 2).float()
+    return torch.cat([one_hot, torch.zeros(b, 1, h, w)], 1)
 
 
 def _tiny():
     torch.manual_seed(0)
-    enc = Encoder(z_channels=4, ndf=8, num_down=3)
-    gen = Generator(LABELS, z_channels=4, ngf=8, num_up=3, hidden=8)
-    dis = MultiScaleDiscriminator(LABELS, ndf=8, n_layers=3, num_scales=2)
-    return enc, gen, dis
+    return build_encoder(CFG), build_generator(CFG), build_discriminator(CFG)
 
 
 @pytest.mark.parametrize("size", [(32, 32), (48, 64)])
-def test_shapes_at_any_size_divisible_by_the_downsampling(size):
+def test_shapes_at_any_size_divisible_by_the_upsampling(size):
     enc, gen, dis = _tiny()
-    image = torch.rand(2, 3, *size) * 2 - 1
-    labels = torch.rand(2, LABELS, *size)
-    mu, logvar = enc(image)
-    assert mu.shape == logvar.shape == (2, 4, size[0] // 8, size[1] // 8)
+    image, labels = torch.rand(2, 3, *size) * 2 - 1, _labels(2, *size)
+    mu, logvar = enc(image, labels)
+    assert mu.shape == logvar.shape == (2, 4, CFG.z_dim)  # one code per region
     fake = gen(reparameterize(mu, logvar), labels)
     assert fake.shape == image.shape and fake.abs().max() <= 1
     features = dis(fake, labels)
@@ -40,10 +46,30 @@ def test_shapes_at_any_size_divisible_by_the_downsampling(size):
     assert features[1][-1].shape[-1] < features[0][-1].shape[-1]  # the second scale sees a smaller image
 
 
+def test_region_codes_are_pooled_and_broadcast_per_region():
+    labels = _labels(1, 4, 8)[:, :4]
+    features = torch.arange(8.0).expand(1, 1, 4, 8)  # a feature that is the column index
+    pooled = region_pool(features, labels)
+    assert torch.allclose(pooled[0, :, 0], torch.tensor([0.5, 2.5, 4.5, 6.5]))
+    painted = style_map(torch.tensor([[[1.0], [2.0], [3.0], [4.0]]]), labels)
+    assert torch.equal(painted[0, 0, 0], torch.tensor([1.0, 1, 2, 2, 3, 3, 4, 4]))
+
+
+def test_changing_one_regions_code_changes_mostly_that_region():
+    _, gen, _ = _tiny()
+    labels = _labels(1, 32, 32)
+    codes = torch.randn(1, 4, CFG.z_dim, generator=torch.Generator().manual_seed(0))
+    other = codes.clone()
+    other[0, 0] += 3.0
+    diff = (gen(codes, labels) - gen(other, labels)).abs().mean((0, 1))
+    # region 0 is columns 0-7; instance norm couples the regions a little (its statistics are global)
+    assert diff[:, :8].mean() > 1.5 * diff[:, 16:].mean()
+
+
 def test_every_parameter_gets_a_finite_gradient():
     enc, gen, dis = _tiny()
-    image, labels = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, LABELS, 32, 32)
-    mu, logvar = enc(image)
+    image, labels = torch.rand(2, 3, 32, 32) * 2 - 1, _labels(2, 32, 32)
+    mu, logvar = enc(image, labels)
     fake = gen(reparameterize(mu, logvar), labels)
     loss = sum(f[-1].mean() for f in dis(fake, labels)) + logvar.mean()
     loss.backward()
@@ -52,14 +78,14 @@ def test_every_parameter_gets_a_finite_gradient():
             assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
 
 
-def test_default_generator_is_light():
-    params = count_parameters(Generator(label_channels=17))  # ngf 32, hidden 64, 4 up-samplings
-    assert 5e6 <= params <= 15e6, params
-    assert count_parameters(MultiScaleDiscriminator(17)) < 5e6
+def test_default_networks_are_light():
+    cfg = RepainterConfig()
+    assert 0.1e6 <= count_parameters(build_generator(cfg)) <= 3e6
+    assert count_parameters(build_encoder(cfg)) < 0.2e6 and count_parameters(build_discriminator(cfg)) < 1e6
 
 
-def test_a_fixed_seed_gives_the_same_latent_draw():
-    mu, logvar = torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2)
+def test_a_fixed_seed_gives_the_same_code_draw():
+    mu, logvar = torch.zeros(1, 4, 3), torch.zeros(1, 4, 3)
     a = reparameterize(mu, logvar, torch.Generator().manual_seed(3))
     b = reparameterize(mu, logvar, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)

@@ -95,5 +95,23 @@ def test_segmenter_specs():
     assert isinstance(make_segmenter("fh"), FelzenszwalbSegmenter)
     assert isinstance(make_segmenter("coco"), CocoPolygonSegmenter)
     assert make_segmenter("fh:min_size=50,scale=300").params == {"scale": 300.0, "sigma": 0.8, "min_size": 50}
-    with pytest.raises(ValueError, match=r"expected fh\[:scale=S,sigma=G,min_size=M\], deeplab:WEIGHTS or coco"):
+    with pytest.raises(ValueError, match=r"expected fh\[:scale=S,sigma=G,min_size=M\], deeplab:WEIGHTS, coco or demo"):
         make_segmenter("slic")
+
+
+def test_demo_segmenter_gives_the_demo_shapes_at_the_stored_size():
+    source = demo_source(6, 64)
+    segmenter = make_segmenter("demo")
+    for record in source.records:
+        sample = process_record(record, RecordSettings("demo", tuple(source.classes), max_side=48)).sample
+        meta = json.loads(sample["json"])
+        image = Image.open(io.BytesIO(sample["png"])).convert("RGB")
+        layout = segmenter(image, meta)
+        assert layout.shape == (48, 48) and layout.dtype == np.uint16  # resized with --max-side
+        assert set(np.unique(layout)) == set(range(len(meta["boxes"]) + 1))  # background + each object
+        full = segmenter(Image.new("RGB", (64, 64)), {**meta, "source_width": 64})
+        x, y, w, h = (round(v * 64 / 48) for v in meta["boxes"][0])
+        ys, xs = np.nonzero(full == 1)  # the first object, unless a later one covers part of it
+        assert x - 1 <= xs.min() and xs.max() <= x + w and y - 1 <= ys.min() and ys.max() <= y + h
+    with pytest.raises(ValueError, match="img/1.jpg: the demo segmenter only knows demo images"):
+        segmenter(Image.new("RGB", (8, 8)), {"source_id": "img/1.jpg"})

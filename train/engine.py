@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from manifests.contract import derive_seed
+
 from .distributed import all_finite, all_reduce_sum
-from .stream import derive_seed
 
 log = logging.getLogger("train.engine")
 

@@ -12,13 +12,11 @@ without decoding them.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -26,16 +24,11 @@ from webdataset.filters import shuffle as wds_shuffle
 from webdataset.tariterators import group_by_keys
 
 from manifests import ContractError, check_field, decode_image, load_manifest, resolve_shard
-from manifests.contract import ORIGINAL_FIELDS
+from manifests.contract import ORIGINAL_FIELDS, derive_seed
 
 from .tarstream import TarFormatError, iter_members
 
 log = logging.getLogger("train.stream")
-
-
-def derive_seed(*parts: Any) -> int:
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,15 @@ import torch
 
 from manifests.manifest import atomic_write_bytes, dumps_canonical
 
-from .job_config import GenerateConfig
-from .records import RecordSettings
-from .repaint import Repaint, load_repainter
-from .repaint_data import RepaintSet, build_repaint_set
-from .repaint_steps import RepainterConfig
-from .repaint_train import TrainSettings, train_repainter
-from .segment import make_segmenter
-from .shards import ShardPlan, write_shard
-from .sources import Record, Source
+from ..job_config import GenerateConfig
+from ..records import RecordSettings
+from ..segment import make_segmenter
+from ..shards import ShardPlan, write_shard
+from ..sources import Record, Source
+from .config import RepainterConfig
+from .data import RepaintSet, build_repaint_set
+from .paint import Repaint, load_repainter
+from .train import TrainSettings, train_repainter
 
 log = logging.getLogger("pipeline")
 SUMMARY = "summary.json"
@@ -41,13 +41,16 @@ def label_channel_count(cfg: GenerateConfig, source: Source) -> int:
         return len(source.classes) + 2  # background + categories + boundary
     if cfg.segmenter.startswith("deeplab:"):
         return make_segmenter(cfg.segmenter).num_classes + 1
+    if cfg.segmenter == "demo":
+        return 5  # background + up to 3 objects + boundary (demo_data draws 1-3 objects)
     return 17
 
 
 def model_config(cfg: GenerateConfig, source: Source) -> RepainterConfig:
     return RepainterConfig(label_channels=label_channel_count(cfg, source), num_classes=max(1, len(source.classes)),
                            multilabel=source.kind == "coco", task_model=cfg.task_model,
-                           task_weight=cfg.task_weight if cfg.task_loss else 0.0, norm=cfg.repainter_norm)
+                           task_weight=cfg.task_weight if cfg.task_loss else 0.0, norm=cfg.repainter_norm,
+                           task_warmup=min(cfg.task_warmup, cfg.repainter_steps), keep_prob=cfg.region_keep_prob)
 
 
 def training_set(cfg: GenerateConfig, source: Source, records: list[Record], settings: RecordSettings,
@@ -131,5 +134,5 @@ def start_writers(cfg: GenerateConfig, checkpoint: Path) -> list:
                        max_task_retries=cfg.max_retries)(ShardWriter)
     args = {"checkpoint": str(checkpoint), "segmenter": make_segmenter(cfg.segmenter), "variants": cfg.variants,
             "seed": cfg.seed, "repaint_size": cfg.repaint_size, "fraction": cfg.repaint_fraction,
-            "latent": cfg.variant_latent}
+            "latent": cfg.variant_latent, "keep_prob": cfg.region_keep_prob}
     return [actor.remote(args, cfg.gpus > 0) for _ in range(cfg.workers)]

@@ -1,11 +1,11 @@
 """Repainting at shard time: a checkpoint of E and G becomes `rp0.jpg` ... `rpN-1.jpg` per sample.
 
-Per record: segment -> label channels -> N draws of the spatial latent from the prior N(0, I), each
-from a seed derived from (seed, key, variant) -> G paints at `repaint_size` -> resized back to the
-stored size, so the original's boxes stay valid for every variant. Drawing z from the prior, not
-from E's posterior of the original, is what gives new textures and colours (SPADE's multimodal
-synthesis); E is only needed to train G, and stays in the checkpoint for fine-tuning. The label map is
-stored too (`seg.png`, 16-bit), so a shard set can be repainted again without segmenting.
+Per record: segment -> label channels -> N draws of one style code per region from the prior N(0, I),
+each from a seed derived from (seed, key, variant) -> G paints at `repaint_size` -> resized back to
+the stored size, so the original's boxes stay valid for every variant. Codes from the prior, not from
+E's posterior of the original, give every region a new colour and texture; they are what D judged
+in training (steps.py). E is only needed to train G, and stays in the checkpoint for fine-tuning.
+The label map is stored too (`seg.png`, 16-bit), so a shard set can be repainted without segmenting.
 """
 
 from __future__ import annotations
@@ -20,17 +20,19 @@ import torch
 from PIL import Image
 
 from manifests import encode_image
+from manifests.contract import derive_seed
 from manifests.imageio import encode_label_map
 from manifests.manifest import atomic_write_bytes
 
-from .repaint_data import resize_pair, to_model_inputs
-from .repaint_nets import Encoder, Generator, reparameterize
-from .repaint_steps import RepainterConfig
+from .config import RepainterConfig
+from .data import resize_pair, to_model_inputs
+from .nets import Generator, RegionEncoder, build_encoder, build_generator, reparameterize, variant_codes
 
-CHECKPOINT_FORMAT = "repainter-v1"
+CHECKPOINT_FORMAT = "repainter-v2"  # v2: region style codes (v1's spatial latent is not readable)
 
 
-def save_repainter(path: str | Path, cfg: RepainterConfig, encoder: Encoder, generator: Generator, step: int) -> str:
+def save_repainter(path: str | Path, cfg: RepainterConfig, encoder: RegionEncoder, generator: Generator,
+                   step: int) -> str:
     """One self-contained file (config, E and G weights, step), written atomically; returns its sha256."""
     buffer = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, "config": asdict(cfg), "step": step,
@@ -40,7 +42,7 @@ def save_repainter(path: str | Path, cfg: RepainterConfig, encoder: Encoder, gen
     return hashlib.sha256(data).hexdigest()
 
 
-def load_repainter(path: str | Path) -> tuple[RepainterConfig, Encoder, Generator, dict]:
+def load_repainter(path: str | Path) -> tuple[RepainterConfig, RegionEncoder, Generator, dict]:
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -50,29 +52,32 @@ def load_repainter(path: str | Path) -> tuple[RepainterConfig, Encoder, Generato
         raise ValueError(f"{path}: not a loadable repainter checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
-    cfg = RepainterConfig(**state["config"])
-    encoder = Encoder(cfg.z_channels, cfg.ndf, cfg.num_up)
-    generator = Generator(cfg.label_channels, cfg.z_channels, cfg.ngf, cfg.num_up, cfg.spade_hidden, cfg.norm)
-    encoder.load_state_dict(state["E"])
-    generator.load_state_dict(state["G"])
+    try:
+        cfg = RepainterConfig.from_dict(state["config"])
+        encoder, generator = build_encoder(cfg), build_generator(cfg)
+        encoder.load_state_dict(state["E"])
+        generator.load_state_dict(state["G"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # missing/extra keys, wrong shapes
+        raise ValueError(f"{path}: damaged {CHECKPOINT_FORMAT} checkpoint ({type(exc).__name__}: {exc})") from None
     info = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "step": state["step"], "config": state["config"]}
     return cfg, encoder.eval(), generator.eval(), info
-
-
-def derive_seed(*parts: object) -> int:
-    """sha256 of the parts joined by ':' (the manifest's SEED_RULE), as a non-negative int64."""
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def variant_seed(seed: int, key: str, variant: int) -> int:
     return derive_seed(seed, key, variant)
 
 
-def prior_latent(cfg: RepainterConfig, size: int, seed: int, count: int = 1) -> torch.Tensor:
-    """z ~ N(0, I) of G's spatial latent for a `size` x `size` painting, drawn on the CPU from `seed`."""
-    side = size // 2**cfg.num_up
-    return torch.randn((count, cfg.z_channels, side, side), generator=torch.Generator().manual_seed(seed))
+def paint_variants(encoder: RegionEncoder, generator: Generator, cfg: RepainterConfig, image: torch.Tensor,
+                   labels: torch.Tensor, seeds: list[int], latent: str = "prior") -> torch.Tensor:
+    """One painting per seed of every image in the batch: [len(seeds) * B, 3, S, S], seed-major.
+    `prior`: `nets.variant_codes` (new codes per region, as in training); `posterior`: E's own."""
+    mu, logvar = encoder(image, labels)
+    codes = []
+    for seed in seeds:
+        draw = torch.Generator().manual_seed(seed)
+        codes.append(variant_codes(mu, logvar, cfg.keep_prob, draw)[0] if latent == "prior"
+                     else reparameterize(mu, logvar, draw))
+    return generator(torch.cat(codes), labels.repeat(len(seeds), 1, 1, 1))
 
 
 def is_repainted(seed: int, key: str, fraction: float) -> bool:
@@ -84,8 +89,10 @@ class Repaint:
     """The records hook: (image, key, meta) -> {"seg.png": ..., "rp0.jpg": ..., ...}."""
 
     def __init__(self, checkpoint: str | Path, segmenter, variants: int, seed: int, repaint_size: int = 64,
-                 fraction: float = 1.0, latent: str = "prior", device: str = "cpu"):
+                 fraction: float = 1.0, latent: str = "prior", keep_prob: float | None = None, device: str = "cpu"):
         self.cfg, self.encoder, self.generator, self.info = load_repainter(checkpoint)
+        if keep_prob is not None:  # --region-keep-prob for painting; training used the checkpoint's own
+            self.cfg.keep_prob = keep_prob
         step = 2 ** self.cfg.num_up
         if repaint_size % step:
             raise ValueError(f"--repaint-size {repaint_size} must be a multiple of {step} for this repainter")
@@ -103,12 +110,8 @@ class Repaint:
         small, small_labels = resize_pair(image, labels, self.size)
         x, channels = to_model_inputs(small[None], small_labels[None], self.cfg.label_channels)
         seeds = [variant_seed(self.seed, key, v) for v in range(self.variants)]
-        if self.latent == "prior":
-            z = torch.cat([prior_latent(self.cfg, self.size, s) for s in seeds])
-        else:  # near the original's own style: fewer new colours, closer to the source look
-            mu, logvar = self.encoder(x.to(self.device))
-            z = torch.cat([reparameterize(mu, logvar, torch.Generator().manual_seed(s)) for s in seeds])
-        painted = self.generator(z.to(self.device), channels.to(self.device).expand(self.variants, -1, -1, -1))
+        painted = paint_variants(self.encoder, self.generator, self.cfg, x.to(self.device),
+                                 channels.to(self.device), seeds, self.latent)
         pixels = ((painted.permute(0, 2, 3, 1) + 1) * 127.5).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
         return [Image.fromarray(p, "RGB").resize(image.size, Image.Resampling.BICUBIC) for p in pixels]
 

@@ -16,9 +16,9 @@ from PIL import Image
 
 from manifests import decode_image
 
-from .records import RecordSettings, process_record
-from .segment import label_channels
-from .sources import Record
+from ..records import RecordSettings, process_record
+from ..segment import label_channels
+from ..sources import Record
 
 
 def resize_pair(image: Image.Image, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

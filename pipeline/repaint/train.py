@@ -5,8 +5,9 @@ the same job resumes from the latest checkpoint reported through `ray.train.repo
 restores the run by name and storage path); `FailureConfig` restarts failed workers from it too.
 A checkpoint folder holds `repainter.pt` (E, G, config, step: what shard-time inference loads) and
 `state.pt` (D, T and the optimizers: what a resume needs); both load with `weights_only=True`.
-Batches and latent noise are drawn from (seed, step, rank), so a resumed run draws what an
-uninterrupted one would have.
+Batches, flips and codes are drawn from (seed, step, rank), so a resumed run draws what an
+uninterrupted one would have. At the end, rank 0 measures the repainter on the held-out images
+(`evaluate`): the proxy's top-1 on originals and on prior paintings, and `quality.measure_variants`.
 """
 
 from __future__ import annotations
@@ -28,23 +29,26 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 from tqdm import tqdm
 
+from manifests.contract import derive_seed
 from manifests.manifest import atomic_write_bytes
 
-from .repaint import derive_seed, load_repainter, prior_latent, save_repainter
-from .repaint_data import RepaintSet, to_model_inputs
-from .repaint_steps import RepainterConfig, RepainterNets, d_t_step, g_step, unwrap
+from .config import RepainterConfig
+from .data import RepaintSet, to_model_inputs
+from .paint import load_repainter, paint_variants, save_repainter
+from .quality import measure_variants
+from .steps import RepainterNets, train_step, unwrap
 
 # Ray Train V2's defaults poll every 2 s and reconcile through the State API (which needs the
 # dashboard): on a small local cluster that adds tens of seconds per fit. Users may override them.
 RAY_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION": "0",
                  "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-LOSS_COLUMNS = ("step", "d", "t", "g_total", "gan", "fm", "kld", "task", "seconds")
+LOSS_COLUMNS = ("step", "d", "t", "g_total", "gan", "fm", "rec", "kld", "latent", "task", "seconds")
 
 
 @dataclass
 class TrainSettings:
-    steps: int = 100  # E/G iterations (each after `d_steps` D/T iterations)
-    batch_size: int = 4  # per worker
+    steps: int = 100  # iterations, each one E/G, one D and one T update
+    batch_size: int = 16  # per worker
     size: int = 64  # the generator's working resolution
     checkpoint_every: int = 25
     workers: int = 1
@@ -56,35 +60,47 @@ class TrainSettings:
 
 
 def _batch(data: RepaintSet, mine: np.ndarray, cfg: RepainterConfig, t: TrainSettings, step: int, rank: int,
-           draw: int, device: torch.device):
-    rng = np.random.default_rng(derive_seed(t.seed, "batch", step, rank, draw))
+           device: torch.device):
+    rng = np.random.default_rng(derive_seed(t.seed, "batch", step, rank))
     idx = np.sort(rng.choice(mine, size=min(t.batch_size, len(mine)), replace=False))
     image, labels = to_model_inputs(data.images[idx], data.labels[idx], cfg.label_channels)
+    flip = torch.from_numpy(rng.random(len(idx)) < 0.5)  # mirrored images are as real as the originals
+    image, labels = torch.where(flip[:, None, None, None], image.flip(-1), image), \
+        torch.where(flip[:, None, None, None], labels.flip(-1), labels)
     target = torch.from_numpy(data.targets[idx])
     return image.to(device), labels.to(device), target.to(device)
 
 
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    return ((x.permute(0, 2, 3, 1) + 1) * 127.5).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
+
+
 @torch.no_grad()
-def proxy_accuracy(nets: RepainterNets, val: RepaintSet, cfg: RepainterConfig, device: torch.device,
-                   seed: int = 0, batch_size: int = 16) -> dict[str, float]:
-    """T's accuracy on held-out real images and on their repaints as the shards get them (z from the
-    prior); for COCO a hit is a top-1 category that is present."""
-    G, T = unwrap(nets.G).eval(), unwrap(nets.T).eval()
+def evaluate(nets: RepainterNets, val: RepaintSet, cfg: RepainterConfig, device: torch.device,
+             seed: int = 0, batch_size: int = 32) -> dict:
+    """On held-out images: T's top-1 on the originals and on prior paintings (what the shards hold;
+    for COCO a hit is a top-1 category that is present), and the variant-quality figures of two
+    prior paintings per image (`quality.measure_variants`, at the training resolution)."""
+    E, G, T = unwrap(nets.E).eval(), unwrap(nets.G).eval(), unwrap(nets.T).eval()
     hits = {"real": 0.0, "painted": 0.0}
+    painted_all = []
     for i in range(0, len(val), batch_size):
         image, labels = to_model_inputs(val.images[i:i + batch_size], val.labels[i:i + batch_size],
                                         cfg.label_channels)
         image, labels = image.to(device), labels.to(device)
         target = torch.tensor(val.targets[i:i + batch_size])
-        z = prior_latent(cfg, image.shape[-1], derive_seed(seed, "proxy", i), count=len(image))
-        painted = G(z.to(device), labels)
-        for name, x in (("real", image), ("painted", painted)):
+        pair = paint_variants(E, G, cfg, image, labels, [derive_seed(seed, "eval", i, v) for v in (0, 1)]).chunk(2)
+        painted_all.append(np.stack([_to_uint8(p) for p in pair], 1))
+        for name, x in (("real", image), ("painted", pair[0])):
             top1 = T(x).argmax(1).cpu()
             hits[name] += float((target[torch.arange(len(top1)), top1] > 0).sum() if cfg.multilabel
                                 else (top1 == target).sum())
-    for m in (G, T):
+    for m in (E, G, T):
         m.train()
-    return {f"proxy_acc_{k}": v / max(1, len(val)) for k, v in hits.items()}
+    metrics = {f"proxy_acc_{k}": v / max(1, len(val)) for k, v in hits.items()}
+    if painted_all:
+        metrics["variant_quality"] = measure_variants(val.images, np.concatenate(painted_all), val.labels)
+    return metrics
 
 
 class LossLog:
@@ -171,21 +187,19 @@ def train_loop(config: dict) -> None:
     bar = tqdm(total=t.steps, initial=start, desc="repainter", unit="step", mininterval=10,
                disable=rank != 0 or not t.progress)
     for step in range(start, t.steps):
-        losses: dict[str, float] = {}
-        for draw in range(cfg.d_steps + 1):  # d_steps D/T updates, then one E/G update
-            batch = _batch(data, mine, cfg, t, step, rank, draw, device)
-            noise = torch.Generator().manual_seed(derive_seed(t.seed, "z", step, rank, draw))
-            losses.update((d_t_step if draw < cfg.d_steps else g_step)(nets, *batch, generator=noise))
+        batch = _batch(data, mine, cfg, t, step, rank, device)
+        codes = torch.Generator().manual_seed(derive_seed(t.seed, "z", step, rank))
+        losses = train_step(nets, *batch, step=step, generator=codes)
         if not all(math.isfinite(v) for v in losses.values()):
             raise FloatingPointError(f"repainter step {step + 1}: non-finite loss {losses}")
         bar.update(1)
-        bar.set_postfix({k: f"{losses[k]:.3g}" for k in ("d", "t", "g_total")})
+        bar.set_postfix({k: f"{losses[k]:.3g}" for k in ("d", "t", "rec", "g_total")})
         if log:
             log.write(step + 1, losses)
         if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps:
             metrics = {"step": step + 1, **losses}
             if step + 1 == t.steps and rank == 0 and len(val):
-                metrics.update(proxy_accuracy(nets, val, cfg, device, t.seed))
+                metrics.update(evaluate(nets, val, cfg, device, t.seed))
             _report(nets, step + 1, metrics, rank)
     bar.close()
     if log:
