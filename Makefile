@@ -15,6 +15,7 @@ demo: $(STAMP)
 	$(BIN)/python pipeline/generate.py
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
 
 test-fast: $(STAMP)

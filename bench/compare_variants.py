@@ -84,6 +84,7 @@ def run(cmd: list[str], log: Path) -> str:
 
 def train_arm(work: Path, shards: Path, arm: str, seed: int, args) -> dict[str, float]:
     out = work / "runs" / f"{arm}-{seed}"
+    out.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "last.pth"
     if not (out / "summary.json").exists():
         run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "train/classify.py",

@@ -2,9 +2,10 @@
 
     python bench/measure_repaint.py SHARD_DIR [--size 64] [--limit 500]
 
-The measures are `pipeline/repaint/quality.py`'s (the job records the same figures, on its first 64
-repainted samples, in the manifest): boundary F-score and edge contrast of the variants against the
-stored label map, with the original (ceiling) and an unrelated original (floor), and colour distances
+The measures are `pipeline/repaint/quality.py`'s (the job records the same figures, on 64 repainted
+samples read from the last shard backwards, in the manifest): boundary F-score and edge contrast of
+the variants against the stored label map, with the original (ceiling) and an unrelated original
+(floor), and colour distances
 (variant vs original, variant vs variant). Also prints the repainter's training metrics from the
 manifest (the proxy task's top-1 on held-out originals and their paintings).
 """
@@ -28,7 +29,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--limit", type=int, default=500)
     args = p.parse_args()
-    urls = sorted(str(path) for path in args.shards.glob("shard-*.tar"))
+    # last shard first, as the job measures: the repainter trained on the first images of the order
+    urls = sorted((str(path) for path in args.shards.glob("shard-*.tar")), reverse=True)
     result = measure_shards(urls, args.size, args.limit)
     manifest = read_manifest(args.shards)
     result["repainter_metrics"] = ((manifest.get("repainter") or {}).get("training") or {}).get("metrics")

@@ -145,8 +145,10 @@ def _write_shards(cfg: GenerateConfig, todo: list[ShardPlan], records: list, set
 
 def repaint_quality(out: Path, shard_names: list[str], cfg: GenerateConfig, repaint_info: dict) -> dict:
     """What the variants are, measured on the written shards (boundary F, colour distances) at G's
-    resolution, with the proxy's held-out top-1 from the repainter's training."""
-    quality = measure_shards([str(out / n) for n in shard_names], cfg.repaint_size)
+    resolution, with the proxy's held-out top-1 from the repainter's training. Read from the last
+    shard backwards: the repainter trains on the first `--repainter-images` of the same order, so
+    on a set larger than that these are images it never saw."""
+    quality = measure_shards([str(out / n) for n in reversed(shard_names)], cfg.repaint_size)
     metrics = (repaint_info.get("training") or {}).get("metrics") or {}
     quality.update({k: metrics[k] for k in ("proxy_acc_real", "proxy_acc_painted") if k in metrics})
     return quality
