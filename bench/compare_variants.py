@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import colorsys  # noqa: F401 - documents the hue convention PIL's HSV follows
 import io
 import json
 import os

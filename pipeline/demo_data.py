@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 DEMO_CLASSES = ("circle", "cross", "ring", "square", "star", "triangle")  # sorted, as ImageFolder sorts
+MAX_OBJECTS = 3  # objects per image: the demo label map has ids 0 (background) .. MAX_OBJECTS
 TEXTURES = ("solid", "stripes", "checker", "dots", "noise", "gradient")
 
 
@@ -90,7 +91,7 @@ def render_demo_layers(dataset_seed: int, index: int, size: int) -> tuple[Image.
     rng = demo_rng(dataset_seed, index)
     image = _texture(rng, size)
     layout = np.zeros((size, size), np.uint16)
-    n_objects = int(rng.integers(1, 4))
+    n_objects = int(rng.integers(1, MAX_OBJECTS + 1))
     radii = sorted(rng.uniform(0.12, 0.3, size=n_objects) * size, reverse=True)
     radii[0] = max(radii[0], 0.22 * size)  # the class-defining shape is clearly the largest
     boxes, labels = [], []

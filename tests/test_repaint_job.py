@@ -177,6 +177,13 @@ def test_task_loss_flags_and_norm_reach_the_model():
     assert off.task_weight == 0.0 and off.norm == "instance"
     assert model_config(GenerateConfig(source="demo:8:32", repainter_norm="batch"), source).norm == "batch"
     assert model_config(GenerateConfig(source="demo:8:32"), source).num_classes == len(source.classes)
+    chosen = model_config(GenerateConfig(source="demo:8:32", region_keep_prob=0.25, task_warmup=7), source)
+    assert chosen.keep_prob == 0.25 and chosen.task_warmup == 7 and chosen.label_channels == 5
+    short = model_config(GenerateConfig(source="demo:8:32", repainter_steps=3), source)
+    assert short.task_warmup == 3  # a warm-up longer than the training would never switch the task loss on
+    defaults = GenerateConfig(source="demo:8:32"), GenerateConfig(source="imagefolder:/x", out="/tmp/x")
+    assert [(c.segmenter, c.repainter_steps, c.repaint_size) for c in defaults] == [("demo", 300, 48),
+                                                                                  ("fh", 2000, 64)]
 
 
 def test_more_train_workers_than_cpus_is_refused_not_left_waiting(ray_address, tmp_path):

@@ -95,3 +95,17 @@ def test_norm_choices():
     assert isinstance(param_free_norm("batch", 4), torch.nn.BatchNorm2d)
     with pytest.raises(ValueError, match="norm 'group': expected one of"):
         param_free_norm("group", 4)
+
+
+def test_variant_codes_keep_regions_at_keep_prob_and_repeat_per_seed():
+    from pipeline.repaint.nets import variant_codes
+
+    mu, logvar = torch.full((64, 4, 3), 5.0), torch.full((64, 4, 3), -30.0)  # posterior ~ exactly 5
+    every_new, new = variant_codes(mu, logvar, 0.0, torch.Generator().manual_seed(0))
+    assert new.all() and every_new.abs().max() < 5  # all from N(0, I): none near the posterior's 5
+    codes, new = variant_codes(mu, logvar, 0.5, torch.Generator().manual_seed(0))
+    kept = new == 0
+    assert 0.4 < kept.float().mean() < 0.6
+    assert torch.allclose(codes[kept], torch.tensor(5.0)) and (codes[~kept] - 5).abs().min() > 0.5
+    again, _ = variant_codes(mu, logvar, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(codes, again)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.demo_data import render_demo_layers
+from pipeline.demo_data import MAX_OBJECTS, render_demo_layers
 from pipeline.repaint.config import RepainterConfig
 from pipeline.repaint.data import resize_pair, to_model_inputs
 from pipeline.repaint.paint import paint_variants
@@ -27,7 +27,7 @@ def test_a_short_demo_training_keeps_shapes_and_changes_colours():
     images, maps = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
     targets = np.array([render_demo_layers(0, i, 64)[1] for i in range(144)])
     torch.manual_seed(0)
-    cfg = RepainterConfig(label_channels=5, num_classes=6, task_model="resnet10t", task_warmup=20)
+    cfg = RepainterConfig(label_channels=MAX_OBJECTS + 2, num_classes=6, task_model="resnet10t", task_warmup=20)
     nets = RepainterNets(cfg)
     rng = np.random.default_rng(0)
     for step in range(100):
@@ -40,6 +40,5 @@ def test_a_short_demo_training_keeps_shapes_and_changes_colours():
     pixels = ((painted.permute(0, 2, 3, 1) + 1) * 127.5).clamp(0, 255).round().to(torch.uint8).numpy()
     variants = np.stack(np.split(pixels, 2), 1)  # [N, 2, S, S, 3]
     quality = measure_variants(images[128:], variants, maps[128:])
-    print(quality)
     assert quality["boundary_f_gap_closed"] >= 0.7, quality
     assert quality["colour_distance"]["variant_vs_variant"] >= 40, quality

@@ -20,6 +20,7 @@ import torch
 
 from manifests.manifest import atomic_write_bytes, dumps_canonical
 
+from ..demo_data import MAX_OBJECTS
 from ..job_config import GenerateConfig
 from ..records import RecordSettings
 from ..segment import make_segmenter
@@ -42,7 +43,7 @@ def label_channel_count(cfg: GenerateConfig, source: Source) -> int:
     if cfg.segmenter.startswith("deeplab:"):
         return make_segmenter(cfg.segmenter).num_classes + 1
     if cfg.segmenter == "demo":
-        return 5  # background + up to 3 objects + boundary (demo_data draws 1-3 objects)
+        return MAX_OBJECTS + 2  # background + one channel per object + boundary
     return 17
 
 

@@ -159,9 +159,9 @@ def train_step(nets: RepainterNets, image: torch.Tensor, labels: torch.Tensor, t
     cfg = nets.cfg
     task_on = cfg.task_weight > 0 and step >= cfg.task_warmup
     painted, painted_prior, prior, mu, logvar = paint_both(nets, image, labels, generator)
-    with frozen(nets.D, nets.T):  # E stays trainable: frozen() would also stop its posterior's gradient
-        for p in unwrap(nets.E).parameters():  # the latent regression trains G only (BicycleGAN)
-            p.requires_grad_(True)
+    with frozen(nets.D, nets.T):
+        # E stays trainable here: the VAE terms train it, and so does the latent regression (BicycleGAN
+        # trains only G on that term; here E also learns to read codes back, which the measured runs used)
         losses = _g_losses(nets, image, labels, target, painted, painted_prior, prior, mu, logvar, task_on)
         total = sum(losses.values())
         nets.opt_g.zero_grad(set_to_none=True)
