@@ -1,11 +1,11 @@
 """Repainting at shard time: a checkpoint of E and G becomes `rp0.jpg` ... `rpN-1.jpg` per sample.
 
-Per record: segment -> label channels -> N draws of one style code per region from the prior N(0, I),
-each from a seed derived from (seed, key, variant) -> G paints at `repaint_size` -> resized back to
-the stored size, so the original's boxes stay valid for every variant. Codes from the prior, not from
-E's posterior of the original, give every region a new colour and texture; they are what D judged
-in training (steps.py). E is only needed to train G, and stays in the checkpoint for fine-tuning.
-The label map is stored too (`seg.png`, 16-bit), so a shard set can be repainted without segmenting.
+Per record: segment -> label channels -> E's style code of each region -> per variant, from a seed
+derived from (seed, key, variant), each region takes a new code from the prior N(0, I) or, with
+probability `keep_prob`, a sample of its own (`nets.variant_codes`, exactly as in training, so these
+are paintings D was trained to judge) -> G paints at `repaint_size` -> resized back to the stored
+size, so the original's boxes stay valid for every variant. The label map is stored too (`seg.png`,
+16-bit), so a shard set can be repainted without segmenting.
 """
 
 from __future__ import annotations
