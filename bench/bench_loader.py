@@ -36,7 +36,8 @@ from pipeline.job_config import GenerateConfig  # noqa: E402
 from pipeline.records import RecordSettings  # noqa: E402
 from pipeline.shards import write_shard_set  # noqa: E402
 from pipeline.sources import image_folder_source  # noqa: E402
-from train.stream import ClassificationDecoder, TrainStream, open_shard_set  # noqa: E402
+from train.classification import ClassificationDecoder  # noqa: E402
+from train.stream import TrainStream, open_shard_set  # noqa: E402
 
 
 def two_variants(image, key, meta):

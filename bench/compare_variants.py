@@ -34,6 +34,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 CIFAR = REPO.parent / "shared" / "data" / "cifar10" / "train.tar"
 SHIFTS = ("plain", "gray", "hue90")
+ARMS = ("originals", "variants")
 
 
 def shifted(image: Image.Image, shift: str) -> Image.Image:
@@ -115,6 +116,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--model", default="resnet18")
     p.add_argument("--shards", type=Path, default=None, help="an existing shard set of the training folder")
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
+                   help="train only these arms (the table needs both; runs already in WORK/runs are reused)")
     args = p.parse_args(argv)
     work = (args.work or Path(tempfile.mkdtemp(prefix="compare_variants_"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -124,7 +127,9 @@ def main() -> None:
     if args.shards is None and not (shards / "manifest.json").exists():
         run([sys.executable, "pipeline/generate.py", "--source", f"imagefolder:{work / 'train'}", "--out", str(shards),
              "--repaint-size", "32", "--local", "--no-progress", *extra], work / "generate.log")
-    results = {arm: [train_arm(work, shards, arm, s, args) for s in args.seeds] for arm in ("originals", "variants")}
+    results = {arm: [train_arm(work, shards, arm, s, args) for s in args.seeds] for arm in args.arms}
+    if len(results) < len(ARMS):
+        return
     table = {}
     for shift in SHIFTS:
         row = {arm: [r[shift] for r in runs] for arm, runs in results.items()}

@@ -81,9 +81,7 @@ def build_manifest(cfg: GenerateConfig, source: Source, n_inputs: int, done: lis
 def _repaint_entries(cfg: GenerateConfig, info: dict | None) -> dict:
     if not cfg.variants or info is None:
         return {"segmenter": None, "repainter": None}
-    from .segment import make_segmenter  # skimage only when repainting
-
-    segmenter = make_segmenter(cfg.segmenter)
+    segmenter = cfg.segmentation
     return {
         "segmenter": {"name": segmenter.name, "params": segmenter.params},
         "repainter": {"sha256": info["sha256"], "step": info["step"], "config": info["config"],

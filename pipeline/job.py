@@ -22,7 +22,7 @@ from .assemble import build_manifest, job_fingerprint, write_timm_info
 from .job_config import GenerateConfig
 from .preview import write_preview
 from .records import RecordSettings
-from .repaint.job import obtain_repainter, start_writers
+from .repaint.job import obtain_repainter, start_painters
 from .repaint.quality import measure_shards
 from .shards import ShardPlan, load_done, plan_shards, remove_stale_temporaries, shuffled, write_shard
 from .sources import open_source
@@ -107,7 +107,7 @@ def _write_shards(cfg: GenerateConfig, todo: list[ShardPlan], records: list, set
     """Plain tasks without a repainter; with one, a pool of actors that each load it once."""
     task = ray.remote(num_cpus=1, max_retries=cfg.max_retries)(write_shard)
     # A slot is None (a task; 2 per worker keep the CPUs busy) or an actor (one shard at a time).
-    free = start_writers(cfg, repainter) if repainter else [None] * (2 * cfg.workers)
+    free = start_painters(cfg, repainter) if repainter else [None] * (2 * cfg.workers)
 
     def launch(slot, plan: ShardPlan):
         args = (plan, records[plan.start:plan.stop], settings, str(out), fingerprint)

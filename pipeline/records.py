@@ -41,7 +41,7 @@ class RecordSettings:
 
 @dataclass
 class RecordResult:
-    sample: dict[str, Any] | None  # ready for webdataset's TarWriter (bytes values)
+    sample: dict[str, Any] | None  # {"__key__": str, field: bytes}, for tarwriter.ShardTarWriter
     skip: dict[str, Any] | None  # {"index", "source_id", "reason"}
     notes: list[str]
     boxes: int = 0

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import webdataset as wds
+import yaml
 
 from tests.shardsets import make_shard_set
 from train.checkpoint import load_checkpoint
@@ -65,7 +66,9 @@ def test_torchrun_two_gloo_processes_uneven_shards_equal_steps(demo_shards, tmp_
     assert summary["world_size"] == 2 and summary["val_samples"] == 150
     assert 0 <= summary["top1"] <= 100 and summary["top5"] >= summary["top1"]
     assert (run / "args.yaml").exists() and (run / "last.pth").exists()
-    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1  # one writer per run, not per epoch
+    settings = yaml.safe_load((run / "args.yaml").read_text())
+    assert settings["mix"] == "sage" and settings["scale"] == [0.35, 1.0] and settings["out"] == str(run)
 
 
 @pytest.mark.slow
@@ -152,7 +155,9 @@ def test_all_ranks_skip_a_non_finite_step_together():
     (["--shards", "x", "--batch-size", "0"], "invalid value for --batch-size"),
     (["--shards", "x", "--mix", "mixup", "--batch-size", "7"], "needs an even --batch-size"),
     (["--eval-only", "--val", "x"], "--eval-only needs --checkpoint CKPT and --val PATH"),
-    (["--shards", "x", "--mix", "magic"], "invalid choice: 'magic'"),
+    (["--shards", "x", "--mix", "magic"], "--mix magic: must be one of none, mixup, cutmix, sage"),
+    (["--shards", "x", "--scale", "0.9", "0.2"], "invalid value for --scale 0.9 0.2: must be 0 < MIN <= MAX <= 1"),
+    (["--shards", "x", "--finetune-lr", "0"], "invalid value for --finetune-lr 0.0: must be > 0"),
 ])
 def test_wrong_flags_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -169,6 +174,11 @@ def test_yaml_config_sets_defaults_and_unknown_keys_are_refused(tmp_path, capsys
     with pytest.raises(SystemExit):
         parse_args(["--config", str(config), "--shards", "x"])
     assert "unknown keys ['batchsize']" in capsys.readouterr().err
+    config.write_text("lr: [1]\nepochs: 2.5\n")  # YAML values are checked like flags (argparse converts none)
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(config), "--shards", "x"])
+    err = capsys.readouterr().err
+    assert "--lr 1: must be of type float" in err and "--epochs 2.5: must be of type int" in err
 
 
 def test_missing_shard_set_and_unreadable_checkpoint_are_named(tmp_path):

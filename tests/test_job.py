@@ -170,3 +170,20 @@ def test_shards_mix_classes_and_no_shuffle_keeps_source_order(ray_address, cifar
     assert len({int(s["cls"]) for s in first}) >= 5  # 20 of 200 images over 10 classes
     ordered = wds.WebDataset(str(tmp_path / "ordered" / "shard-000000.tar"), shardshuffle=False)
     assert {int(s["cls"]) for s in ordered} == {0}
+
+
+# sha256 of each shard the job writes for `demo:20:32`, 8 per shard, --variants 0: recorded with the
+# code at 1bfb015 (before the house restructure of issue 14) and unchanged since. A refactor must
+# not move a byte; a deliberate format change re-records them and says why. (Another Pillow, whose
+# encoders may write other bytes, would change them too: pyproject.toml pins it.)
+RECORDED_DEMO_SHARDS = {
+    "shard-000000.tar": "9da1a5e59929706d558ba6128605c3d7a8d004abe717b79bc11b83473c9c7caa",
+    "shard-000001.tar": "ec9c37a06665292ce3daca67b90fff52934388cb1038ec00946470dfb5d3833b",
+    "shard-000002.tar": "28c8698470d07e899c57474a8b9374d7a8447a747d9593aa940b8f209daa9e0b",
+}
+
+
+def test_originals_only_shards_keep_their_recorded_bytes(ray_address, tmp_path):
+    _run("demo:20:32", tmp_path / "out", samples_per_shard=8)
+    shards = {name: digest for name, digest in _digests(tmp_path / "out").items() if name.endswith(".tar")}
+    assert shards == RECORDED_DEMO_SHARDS

@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader
 from manifests import ManifestError
 from pipeline.tarwriter import ShardTarWriter
 from tests.shardsets import make_shard_set, manifest_of
-from train.stream import ClassificationDecoder, EvalStream, TrainStream, choose_field, open_shard_set
+from train.classification import ClassificationDecoder
+from train.stream import EvalStream, TrainStream, choose_field, open_shard_set
 
 torch.set_num_threads(2)
 

@@ -61,3 +61,35 @@ def test_cut_at_a_header_boundary_reads_short_like_tarfile():
         list(iter_members(io.BytesIO(cut), "x"))
     boundary = data[:512 * 2]
     assert list(iter_members(io.BytesIO(boundary), "x")) == [("a.jpg", b"")]
+
+
+def _pax_member(records: bytes) -> bytes:
+    """A tar whose first member is a PAX header holding `records` verbatim, then one file."""
+    pax = tarfile.TarInfo("pax")
+    pax.type, pax.size = tarfile.XHDTYPE, len(records)
+    header = pax.tobuf(tarfile.USTAR_FORMAT)
+    body = records + bytes(-len(records) % 512)
+    info = tarfile.TarInfo("a.jpg")
+    info.size = 3
+    return header + body + info.tobuf(tarfile.USTAR_FORMAT) + b"abc" + bytes(509) + bytes(1024)
+
+
+@pytest.mark.parametrize("records", [b"0 path=x\n", b"5 path=x\n", b"abc path=x\n", b"99 path=x\n", b"nospace"])
+def test_a_malformed_pax_record_is_an_error_not_a_hang(records):
+    with pytest.raises(TarFormatError, match="shard.tar at byte 0: malformed PAX record"):
+        list(iter_members(io.BytesIO(_pax_member(records)), "shard.tar"))
+
+
+def test_a_well_formed_pax_record_sets_the_name():
+    assert list(iter_members(io.BytesIO(_pax_member(b"14 path=b.png\n")), "x")) == [("b.png", b"abc")]
+
+
+def test_the_stage_hands_a_bad_tar_to_its_handler_and_goes_on():
+    from train.tarstream import tar_file_expander
+
+    seen = []
+    good, bad = _archive(tarfile.GNU_FORMAT), _pax_member(b"0 path=x\n")
+    sources = [{"url": "bad.tar", "stream": io.BytesIO(bad)}, {"url": "good.tar", "stream": io.BytesIO(good)}]
+    records = list(tar_file_expander(sources, handler=lambda exc: seen.append(str(exc)) or True))
+    assert [r["fname"] for r in records] == [name for name, _ in _with_tarfile(good)]
+    assert {r["__url__"] for r in records} == {"good.tar"} and "malformed PAX record" in seen[0]

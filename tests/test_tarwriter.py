@@ -56,3 +56,14 @@ def test_webdataset_reads_it_back(tmp_path):
 def test_overlong_names_are_refused():
     with pytest.raises(ValueError, match="longer than USTAR's 100 bytes"):
         ShardTarWriter(io.BytesIO()).write({"__key__": "k" * 100, "json": b"{}"})
+
+
+def test_bytes_match_webdatasets_own_tarwriter():
+    """The library it replaces (bench/bench_tarwriter.py measures why) writes the same bytes."""
+    buf = io.BytesIO()
+    writer = wds.TarWriter(buf, user="repaint", group="repaint", mode=0o444, mtime=0, encoder=False)
+    writer.tarstream.format = tarfile.USTAR_FORMAT
+    for sample in SAMPLES:
+        writer.write(sample)
+    writer.close()
+    assert _with_ours()[0] == buf.getvalue()

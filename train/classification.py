@@ -1,11 +1,13 @@
-"""The classification task: a timm model, class targets, online mixing, top-1/top-5 evaluation."""
+"""The classification task: its sample decoder, a timm model, class targets, online mixing, top-1/top-5."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import timm
 import torch
+import torch.nn.functional as F
 import torchvision
 from timm.data import Mixup, create_transform
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -13,9 +15,23 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from manifests import decode_image
 
-from .distributed import DistInfo
-from .engine import evaluate
-from .stream import ClassificationDecoder, EvalStream, ShardSet, open_shard_set
+from .distributed import DistInfo, all_reduce_sum
+from .stream import EvalStream, ShardSet, open_shard_set, read_image, seed_augmentation
+
+
+class ClassificationDecoder:
+    """sample -> (image tensor, class index); the classification trainer's sample decoder."""
+
+    def __init__(self, transform: Callable):
+        self.transform = transform
+
+    def __call__(self, sample: dict, image_field: str, aug_seed: int | None) -> tuple:
+        if "cls" not in sample:
+            raise ValueError("no 'cls' field: this shard set has no class labels (a detection set?)")
+        image = read_image(sample, image_field)
+        if aug_seed is not None:
+            seed_augmentation(aug_seed)
+        return self.transform(image), int(sample["cls"])
 
 
 class _SafeImageFolder(Dataset):
@@ -71,7 +87,7 @@ class ClassificationTask:
             mixer = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=args.smoothing,
                           num_classes=num_classes)
         criterion = SoftTargetCrossEntropy() if mixer is not None else LabelSmoothingCrossEntropy(args.smoothing)
-        return {"mix": args.mix, "mixer": mixer, "criterion": criterion}
+        return {"mix": args.mix, "mixer": mixer, "criterion": criterion, "update_ratio": args.update_ratio}
 
     def val_loader(self, args, dist: DistInfo, labels: list[str]) -> DataLoader | None:
         if not args.val:
@@ -88,4 +104,26 @@ class ClassificationTask:
         return DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
 
     def evaluate(self, model: torch.nn.Module, loader, dist: DistInfo, labels: list[str]) -> dict:
-        return evaluate(model, loader, dist.device, len(labels))
+        return evaluate_top_k(model, loader, dist.device, len(labels))
+
+
+@torch.no_grad()
+def evaluate_top_k(model: torch.nn.Module, loader, device: torch.device, num_classes: int) -> dict[str, float]:
+    """Top-1/top-5 and loss over every sample of `loader` on every rank (summed across ranks)."""
+    model.eval()
+    loss_sum, top1, top5, count, bad = 0.0, 0.0, 0.0, 0.0, 0.0
+    k = min(5, num_classes)
+    for x, y, skipped in loader:
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        ranked = logits.topk(k, dim=1).indices
+        top1 += float((ranked[:, 0] == y).sum())
+        top5 += float((ranked == y[:, None]).any(dim=1).sum())
+        count += y.numel()
+        bad += float(skipped.sum())
+    loss_sum, top1, top5, count, bad = all_reduce_sum([loss_sum, top1, top5, count, bad], device)
+    if count == 0:
+        raise RuntimeError("the validation set yielded no samples")
+    return {"val_loss": loss_sum / count, "top1": 100 * top1 / count, "top5": 100 * top5 / count,
+            "val_samples": int(count), "val_bad": int(bad)}

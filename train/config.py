@@ -1,136 +1,174 @@
-"""Command-line flags of the trainers; a YAML file (`--config`) can set their defaults.
+"""The trainers' settings: one dataclass per command (`manifests.flags`); a YAML file (`--config`)
+can set their defaults.
 
-The data, optimisation and run flags are shared; classification adds mixing, detection adds
-EfficientDet's sizes. Names follow timm's `train.py` where it has one.
+`TrainConfig` holds what both trainers share (data, optimisation, run); `ClassifyConfig` adds mixing
+and `DetectConfig` EfficientDet's box budget, each with its own defaults. Names follow timm's
+`train.py` where it has one. What a run saves (`args.yaml`, the checkpoint) is `asdict(config)`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
 
 import yaml
 
+from manifests.flags import build_parser, flag, invalid_flags
+
 MIX_MODES = ("none", "mixup", "cutmix", "sage")
-DESCRIPTIONS = {
-    "classification": "Train a timm classifier on a shard set (repainted variants + online mixing), then "
-                      "fine-tune on the originals. Launch with torchrun for DDP.",
-    "detection": "Train an EfficientDet (effdet) on a COCO shard set (repainted variants reuse the original's "
-                 "boxes), then fine-tune on the originals; evaluated with pycocotools. SAGE and other mixing "
-                 "are not applied to detection: their label mixing is defined for classification. "
-                 "Launch with torchrun for DDP.",
-}
-DEFAULTS = {
-    "classification": {"model": "resnet18", "img_size": 32, "batch_size": 64, "opt": "sgd", "lr": 0.05,
-                       "weight_decay": 5e-4, "out": "runs/classify"},
-    "detection": {"model": "tf_efficientdet_d0", "img_size": 256, "batch_size": 8, "opt": "adamw", "lr": 1e-3,
-                  "weight_decay": 1e-4, "out": "runs/detect"},
-}
+DATA, MODEL, MIX, RUN = "data", "model and optimisation", "mixing", "run"
+
+
+def _positive(v) -> bool:
+    return v > 0
+
+
+def _not_negative(v) -> bool:
+    return v >= 0
+
+
+@dataclass
+class TrainConfig:
+    """The flags both trainers share; subclasses set the task, its description and its defaults."""
+
+    task: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    config: str | None = flag(None, "YAML file whose keys set the defaults of these flags")
+    shards: str | None = flag(None, "shard set: folder, manifest.json or http(s) URL", group=DATA)
+    val: str | None = flag(None, "validation set", group=DATA)
+    img_size: int = flag(32, "input size", check=lambda v: v >= 8, must=">= 8", group=DATA)
+    batch_size: int = flag(64, "per rank", check=_positive, must="> 0", group=DATA)
+    workers: int = flag(2, "loader workers per rank", check=_not_negative, must=">= 0", group=DATA)
+    orig_prob: float = flag(0.5, "probability of the original instead of a repainted variant (main phase)",
+                            check=lambda v: 0 <= v <= 1, must="in [0, 1]", group=DATA)
+    max_bad: int = flag(50, "stop after this many bad samples/shards", check=_not_negative, must=">= 0",
+                        group=DATA)
+    verify: bool = flag(False, "sha256-check every shard before training", group=DATA)
+    model: str = flag("resnet18", "model name (random init)", group=MODEL)
+    opt: str = flag("sgd", "timm optimizer name", group=MODEL)
+    lr: float = flag(0.05, "learning rate of the main phase", check=_positive, must="> 0", group=MODEL)
+    finetune_lr: float | None = flag(None, "default: lr / 10", check=_positive, must="> 0", group=MODEL)
+    weight_decay: float = flag(5e-4, "weight decay", check=_not_negative, must=">= 0", group=MODEL)
+    momentum: float = flag(0.9, "SGD momentum", group=MODEL)
+    sched: str = flag("cosine", "timm scheduler name", group=MODEL)
+    warmup_epochs: float = flag(0, "LR warm-up epochs", check=_not_negative, must=">= 0", group=MODEL)
+    warmup_lr: float = flag(1e-5, "LR at the start of the warm-up", group=MODEL)
+    min_lr: float = flag(1e-6, "floor of the LR schedule", group=MODEL)
+    epochs: int = flag(2, "epochs on the repainted shards", check=_not_negative, must=">= 0", group=MODEL)
+    finetune_epochs: int = flag(1, "epochs on the originals only", check=_not_negative, must=">= 0", group=MODEL)
+    model_ema: bool = flag(False, "keep an EMA of the weights (timm ModelEmaV3)", group=MODEL)
+    model_ema_decay: float = flag(0.998, "decay of the EMA", group=MODEL)
+    out: str = flag("runs/train", "run folder: config, metrics, checkpoints, logs", group=RUN)
+    seed: int = flag(0, "seed of every random draw", group=RUN)
+    resume: bool = flag(False, "continue from OUT/last.pth", group=RUN)
+    checkpoint_every: int = flag(0, "also checkpoint every N steps (0: per epoch)", check=_not_negative,
+                                 must=">= 0", group=RUN)
+    eval_every: int = flag(1, "validate every N epochs (and at each phase's end)", check=_positive, must=">= 1",
+                           group=RUN)
+    eval_only: bool = flag(False, "evaluate --checkpoint on --val", group=RUN)
+    checkpoint: str | None = flag(None, "checkpoint for --eval-only", group=RUN)
+    cpu: bool = flag(False, "stay on CPU even when CUDA is available", group=RUN)
+    amp: bool | None = flag(None, "mixed precision (default: on with CUDA)", group=RUN)
+    channels_last: bool | None = flag(None, "channels-last memory format (default: on with CUDA)", group=RUN)
+    progress: bool = flag(True, "no progress bars", group=RUN)
+
+    def __post_init__(self) -> None:
+        problems = self.problems() + invalid_flags(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Checks across flags; one flag's own range is in its field."""
+        if self.eval_only:
+            return [] if self.checkpoint and self.val else ["--eval-only needs --checkpoint CKPT and --val PATH"]
+        return [] if self.shards else ["--shards is required (a shard-set folder, manifest.json or URL)"]
+
+
+@dataclass
+class ClassifyConfig(TrainConfig):
+    task: ClassVar[str] = "classification"
+    description: ClassVar[str] = (
+        "Train a timm classifier on a shard set (repainted variants + online mixing), then fine-tune on the "
+        "originals. Launch with torchrun for DDP.")
+
+    val: str | None = flag(None, "validation: a shard set, or an ImageFolder directory", group=DATA)
+    model: str = flag("resnet18", "any timm model name (random init)", group=MODEL)
+    out: str = flag("runs/classify", "run folder: config, metrics, checkpoints, logs", group=RUN)
+    scale: tuple[float, float] = flag((0.35, 1.0), "random-resized-crop scale",
+                                      check=lambda v: 0 < v[0] <= v[1] <= 1, must="0 < MIN <= MAX <= 1",
+                                      group=DATA)
+    smoothing: float = flag(0.0, "label smoothing", check=lambda v: 0 <= v < 1, must="in [0, 1)", group=MODEL)
+    mix: str = flag("sage", "online mixing of the main phase: " + " | ".join(MIX_MODES), choices=MIX_MODES,
+                    group=MIX)
+    mixup_alpha: float = flag(0.8, "Beta(a, a) of mixup", check=_positive, must="> 0", group=MIX)
+    cutmix_alpha: float = flag(1.0, "Beta(a, a) of cutmix", check=_positive, must="> 0", group=MIX)
+    sage_alpha: float = flag(1.0, "Beta(a, a) for SAGE's lambda", check=_positive, must="> 0", group=MIX)
+    upper_lambda: float = flag(0.7, "SAGE's largest lambda", check=lambda v: 0 < v <= 1, must="in (0, 1]",
+                               group=MIX)
+    rand_pos: float = flag(0.01, "fraction of shifts SAGE tries", check=lambda v: 0 < v <= 1, must="in (0, 1]",
+                           group=MIX)
+    update_ratio: float = flag(0.5, "weight of the mixed batch's gradient", check=lambda v: 0 <= v <= 1,
+                               must="in [0, 1]", group=MIX)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.scale, list):  # argparse's nargs and YAML both give a list
+            self.scale = tuple(self.scale)
+        super().__post_init__()
+
+    def problems(self) -> list[str]:
+        even = self.mix not in ("mixup", "cutmix") or self.batch_size % 2 == 0
+        return super().problems() + ([] if even else ["--mix mixup/cutmix needs an even --batch-size (timm's Mixup)"])
+
+
+@dataclass
+class DetectConfig(TrainConfig):
+    task: ClassVar[str] = "detection"
+    description: ClassVar[str] = (
+        "Train an EfficientDet (effdet) on a COCO shard set (repainted variants reuse the original's boxes), "
+        "then fine-tune on the originals; evaluated with pycocotools. SAGE and other mixing are not applied to "
+        "detection: their label mixing is defined for classification. Launch with torchrun for DDP.")
+
+    val: str | None = flag(None, "validation: a COCO shard set (its metadata holds the ground truth)", group=DATA)
+    img_size: int = flag(256, "input size (a multiple of 128 for EfficientDet)", check=lambda v: v >= 8,
+                         must=">= 8", group=DATA)
+    batch_size: int = flag(8, "per rank", check=_positive, must="> 0", group=DATA)
+    model: str = flag("tf_efficientdet_d0", "an effdet config name: tf_efficientdet_d0 ... d3, efficientdet_d0 "
+                                            "... (random init)", group=MODEL)
+    opt: str = flag("adamw", "timm optimizer name", group=MODEL)
+    lr: float = flag(1e-3, "learning rate of the main phase", check=_positive, must="> 0", group=MODEL)
+    weight_decay: float = flag(1e-4, "weight decay", check=_not_negative, must=">= 0", group=MODEL)
+    out: str = flag("runs/detect", "run folder: config, metrics, checkpoints, logs", group=RUN)
+    max_boxes: int = flag(100, "boxes per image kept for training", check=_positive, must="> 0", group=DATA)
+
+    def problems(self) -> list[str]:
+        multiple = self.img_size % 128 == 0
+        return super().problems() + ([] if multiple else
+                                     [f"--img-size {self.img_size} must be a multiple of 128 for EfficientDet"])
+
+
+CONFIGS: dict[str, type[TrainConfig]] = {"classification": ClassifyConfig, "detection": DetectConfig}
 
 
 def get_args_parser(task: str = "classification") -> argparse.ArgumentParser:
-    d = DEFAULTS[task]
-    p = argparse.ArgumentParser(description=DESCRIPTIONS[task])
-    p.add_argument("--config", default=None, help="YAML file whose keys set the defaults of these flags")
-    data = p.add_argument_group("data")
-    data.add_argument("--shards", default=None, help="shard set: folder, manifest.json or http(s) URL")
-    val_help = ("validation: a shard set, or an ImageFolder directory" if task == "classification"
-                else "validation: a COCO shard set (its metadata holds the ground truth)")
-    data.add_argument("--val", default=None, help=val_help)
-    data.add_argument("--img-size", type=int, default=d["img_size"],
-                      help="input size" + (" (a multiple of 128 for EfficientDet)" if task == "detection" else ""))
-    data.add_argument("--batch-size", type=int, default=d["batch_size"], help="per rank")
-    data.add_argument("--workers", type=int, default=2, help="loader workers per rank")
-    data.add_argument("--orig-prob", type=float, default=0.5,
-                      help="probability of the original instead of a repainted variant (main phase)")
-    if task == "classification":
-        data.add_argument("--scale", type=float, nargs=2, default=(0.35, 1.0), help="random-resized-crop scale")
-    else:
-        data.add_argument("--max-boxes", type=int, default=100, help="boxes per image kept for training")
-    data.add_argument("--max-bad", type=int, default=50, help="stop after this many bad samples/shards")
-    data.add_argument("--verify", action="store_true", help="sha256-check every shard before training")
-    model = p.add_argument_group("model and optimisation")
-    model_help = "any timm model name (random init)" if task == "classification" else \
-        "an effdet config name: tf_efficientdet_d0 ... d3, efficientdet_d0 ... (random init)"
-    model.add_argument("--model", default=d["model"], help=model_help)
-    model.add_argument("--opt", default=d["opt"], help="timm optimizer name")
-    model.add_argument("--lr", type=float, default=d["lr"])
-    model.add_argument("--finetune-lr", type=float, default=None, help="default: lr / 10")
-    model.add_argument("--weight-decay", type=float, default=d["weight_decay"])
-    model.add_argument("--momentum", type=float, default=0.9)
-    model.add_argument("--sched", default="cosine", help="timm scheduler name")
-    model.add_argument("--warmup-epochs", type=float, default=0)
-    model.add_argument("--warmup-lr", type=float, default=1e-5)
-    model.add_argument("--min-lr", type=float, default=1e-6)
-    model.add_argument("--epochs", type=int, default=2, help="epochs on the repainted shards")
-    model.add_argument("--finetune-epochs", type=int, default=1, help="epochs on the originals only")
-    model.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (timm ModelEmaV3)")
-    model.add_argument("--model-ema-decay", type=float, default=0.998)
-    if task == "classification":
-        model.add_argument("--smoothing", type=float, default=0.0, help="label smoothing")
-        mix = p.add_argument_group("mixing")
-        mix.add_argument("--mix", choices=MIX_MODES, default="sage")
-        mix.add_argument("--mixup-alpha", type=float, default=0.8)
-        mix.add_argument("--cutmix-alpha", type=float, default=1.0)
-        mix.add_argument("--sage-alpha", type=float, default=1.0, help="Beta(a, a) for SAGE's lambda")
-        mix.add_argument("--upper-lambda", type=float, default=0.7)
-        mix.add_argument("--rand-pos", type=float, default=0.01, help="fraction of shifts SAGE tries")
-        mix.add_argument("--update-ratio", type=float, default=0.5, help="weight of the mixed batch's gradient")
-    run = p.add_argument_group("run")
-    run.add_argument("--out", default=d["out"], help="run folder: config, metrics, checkpoints, logs")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--resume", action="store_true", help="continue from OUT/last.pth")
-    run.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (0: per epoch)")
-    run.add_argument("--eval-every", type=int, default=1, help="validate every N epochs (and at each phase's end)")
-    run.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint on --val")
-    run.add_argument("--checkpoint", default=None, help="checkpoint for --eval-only")
-    run.add_argument("--cpu", action="store_true", help="stay on CPU even when CUDA is available")
-    run.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                     help="mixed precision (default: on with CUDA)")
-    run.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                     help="channels-last memory format (default: on with CUDA)")
-    run.add_argument("--no-progress", dest="progress", action="store_false")
-    p.set_defaults(task=task)
-    return p
+    return build_parser(CONFIGS[task], CONFIGS[task].description)
 
 
-def parse_args(argv: list[str] | None = None, task: str = "classification") -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, task: str = "classification") -> TrainConfig:
+    """Flags over the `--config` YAML's values over the defaults; any problem exits 2 with its message."""
     parser = get_args_parser(task)
     known, _ = parser.parse_known_args(argv)
     if known.config:
         with open(known.config) as f:
             defaults = yaml.safe_load(f) or {}
-        unknown = sorted(set(defaults) - {a.dest for a in parser._actions})
+        unknown = sorted(set(defaults) - {field.name for field in dataclasses.fields(CONFIGS[task])})
         if unknown:
             parser.error(f"{known.config}: unknown keys {unknown}")
         parser.set_defaults(**defaults)
-    args = parser.parse_args(argv)
-    problems = validate(args)
-    if problems:
-        parser.error("; ".join(problems))
-    return args
-
-
-def validate(args: argparse.Namespace) -> list[str]:
-    problems = []
-    if args.eval_only:
-        if not args.checkpoint or not args.val:
-            problems.append("--eval-only needs --checkpoint CKPT and --val PATH")
-    elif not args.shards:
-        problems.append("--shards is required (a shard-set folder, manifest.json or URL)")
-    checks = {
-        "--batch-size": args.batch_size > 0, "--img-size": args.img_size >= 8, "--workers": args.workers >= 0,
-        "--epochs": args.epochs >= 0, "--finetune-epochs": args.finetune_epochs >= 0,
-        "--orig-prob": 0 <= args.orig_prob <= 1, "--lr": args.lr > 0, "--max-bad": args.max_bad >= 0,
-        "--checkpoint-every": args.checkpoint_every >= 0, "--eval-every": args.eval_every >= 1,
-    }
-    if args.task == "classification":
-        checks.update({"--update-ratio": 0 <= args.update_ratio <= 1, "--rand-pos": 0 < args.rand_pos <= 1,
-                       "--upper-lambda": 0 < args.upper_lambda <= 1, "--sage-alpha": args.sage_alpha > 0})
-        if args.mix in ("mixup", "cutmix") and args.batch_size % 2:
-            problems.append("--mix mixup/cutmix needs an even --batch-size (timm's Mixup)")
-    else:
-        checks["--max-boxes"] = args.max_boxes > 0
-        if args.img_size % 128:
-            problems.append(f"--img-size {args.img_size} must be a multiple of 128 for EfficientDet")
-    problems += [f"invalid value for {flag}" for flag, ok in checks.items() if not ok]
-    return problems
+    try:
+        return CONFIGS[task](**vars(parser.parse_args(argv)))
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits

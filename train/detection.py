@@ -141,7 +141,7 @@ class DetectionTask:
         if labels and val_names != labels:
             raise ValueError(f"{args.val}: categories {val_names} differ from the model's {labels}")
         self.categories = categories_of(val_set)
-        decoder = DetectionDecoder(args.img_size, train=False, max_boxes=getattr(args, "max_boxes", 100))
+        decoder = DetectionDecoder(args.img_size, train=False, max_boxes=args.max_boxes)
         return DataLoader(EvalStream(val_set, decoder, dist.rank, dist.world, args.max_bad),
                           batch_size=args.batch_size, num_workers=args.workers)
 

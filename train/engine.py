@@ -11,12 +11,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from manifests.contract import derive_seed
 
-from .distributed import all_finite, all_reduce_sum
+from .distributed import all_finite
 
 log = logging.getLogger("train.engine")
 
@@ -134,25 +133,3 @@ def train_one_epoch(ctx: StepContext, loader, epoch_key: int, start_step: int, t
     bar.close()
     stats.seconds = time.perf_counter() - start
     return stats
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device: torch.device, num_classes: int) -> dict[str, float]:
-    """Top-1/top-5 and loss over every sample of `loader` on every rank (summed across ranks)."""
-    model.eval()
-    loss_sum, top1, top5, count, bad = 0.0, 0.0, 0.0, 0.0, 0.0
-    k = min(5, num_classes)
-    for x, y, skipped in loader:
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        ranked = logits.topk(k, dim=1).indices
-        top1 += float((ranked[:, 0] == y).sum())
-        top5 += float((ranked == y[:, None]).any(dim=1).sum())
-        count += y.numel()
-        bad += float(skipped.sum())
-    loss_sum, top1, top5, count, bad = all_reduce_sum([loss_sum, top1, top5, count, bad], device)
-    if count == 0:
-        raise RuntimeError("the validation set yielded no samples")
-    return {"val_loss": loss_sum / count, "top1": 100 * top1 / count, "top5": 100 * top5 / count,
-            "val_samples": int(count), "val_bad": int(bad)}

@@ -6,11 +6,13 @@ loss and the evaluation; everything else (streaming, DDP, phases, resume, logs) 
 
 from __future__ import annotations
 
-import argparse
 import csv
+import dataclasses
+import functools
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,6 +27,7 @@ from manifests import verify_shard_set
 from manifests.manifest import atomic_write_bytes
 
 from .checkpoint import load_checkpoint, restore_rng_states, save_checkpoint
+from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, cleanup, init_distributed
 from .engine import EpochStats, StepContext, train_one_epoch
 from .stream import ShardSet, TrainStream, open_shard_set
@@ -62,7 +65,7 @@ def cli_main(argv: list[str] | None, task: Task) -> int:
     return 0
 
 
-def run(args: argparse.Namespace, task: Task) -> dict:
+def run(args: TrainConfig, task: Task) -> dict:
     dist = init_distributed(force_cpu=args.cpu)
     use_cuda = dist.device.type == "cuda"
     args.amp = use_cuda if args.amp is None else (args.amp and use_cuda)
@@ -93,7 +96,7 @@ def _verified(shard_set: ShardSet, dist: DistInfo) -> ShardSet:
     return ShardSet(kept, shard_set.classes, shard_set.variants, shard_set.location, shard_set.categories)
 
 
-def _phase_context(args, task: Task, phase: str, model, ddp_model, dist: DistInfo, steps: int,
+def _phase_context(args: TrainConfig, task: Task, phase: str, model, ddp_model, dist: DistInfo, steps: int,
                    num_classes: int) -> StepContext:
     """A fresh optimizer and LR schedule per phase: fine-tuning starts its own schedule."""
     epochs = args.epochs if phase == "train" else args.finetune_epochs
@@ -106,7 +109,7 @@ def _phase_context(args, task: Task, phase: str, model, ddp_model, dist: DistInf
     scaler = torch.amp.GradScaler("cuda") if args.amp else None
     parts = task.phase_parts(args, num_classes)
     return StepContext(model=ddp_model, optimizer=optimizer, scheduler=scheduler, device=dist.device,
-                       update_ratio=getattr(args, "update_ratio", 0.0), num_classes=num_classes, seed=args.seed,
+                       num_classes=num_classes, seed=args.seed,
                        rank=dist.rank, scaler=scaler, channels_last=args.channels_last, **parts)
 
 
@@ -122,120 +125,171 @@ def _epoch_row(phase: str, epoch: int, stats: EpochStats, lr: float, val: dict, 
             **{k: round(v, 6) if isinstance(v, float) else v for k, v in val.items()}}
 
 
-def _log_epoch(out: Path, row: dict, fields: tuple[str, ...], global_epoch: int) -> None:
-    from tensorboardX import SummaryWriter
+class EpochLog:
+    """metrics.csv (appended, so a resumed run continues it) and one TensorBoard writer for the run."""
 
-    path = out / "metrics.csv"
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-    with SummaryWriter(str(out / "tb")) as tb:
-        for name in fields[2:]:
+    def __init__(self, out: Path, fields: tuple[str, ...]):
+        from tensorboardX import SummaryWriter
+
+        self.path, self.fields = out / "metrics.csv", fields
+        self.tb = SummaryWriter(str(out / "tb"))
+
+    def write(self, row: dict, epochs_done: int) -> None:
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        for name in self.fields[2:]:
             value = row.get(name)
             if isinstance(value, (int, float)) and value == value:  # skip NaN (no validation set)
-                tb.add_scalar(f"{row['phase']}/{name}", value, global_epoch)
-    log.info("%s", {k: row.get(k) for k in fields})
+                self.tb.add_scalar(f"{row['phase']}/{name}", value, epochs_done)
+        self.tb.flush()
+        log.info("%s", {k: row.get(k) for k in self.fields})
+
+    def close(self) -> None:
+        self.tb.close()
 
 
-def _train(args, dist: DistInfo, out: Path, task: Task) -> dict:
+def epoch_key(phase_index: int, epoch: int) -> int:
+    """The epoch's identity in every seed (stream order, variant choice, augmentation): unique per phase."""
+    return phase_index * 100_000 + epoch
+
+
+@dataclass
+class Setup:
+    """What every phase of a run shares: data, model, EMA, validation."""
+
+    shard_set: ShardSet
+    labels: list[str]
+    steps: int  # optimizer steps per epoch, the same on every rank
+    model: torch.nn.Module
+    ddp_model: torch.nn.Module
+    ema: ModelEmaV3 | None
+    val_loader: DataLoader | None
+
+
+def _setup(args: TrainConfig, dist: DistInfo, out: Path, task: Task) -> Setup:
     torch.manual_seed(args.seed)
     shard_set = open_shard_set(args.shards)
     shard_set = _verified(shard_set, dist) if args.verify else shard_set
     labels = task.labels(shard_set)
     if len(labels) < 1 or (task.name == "classification" and len(labels) < 2):
         raise ValueError(f"{args.shards}: the manifest lists {len(labels)} classes; too few for {task.name}")
-    args.num_classes, args.classes = len(labels), labels
     steps = shard_set.samples // (dist.world * args.batch_size)
     if steps == 0:
         raise ValueError(f"{args.shards}: {shard_set.samples} samples are fewer than one batch per rank "
                          f"({dist.world} x {args.batch_size})")
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / "args.yaml", _yaml(vars(args)).encode())
+        atomic_write_bytes(out / "args.yaml", _yaml(dataclasses.asdict(args)).encode())
     barrier()
-
     model = task.build_model(args, len(labels)).to(dist.device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ddp_model = DistributedDataParallel(model) if dist.world > 1 else model
     ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
-    val_loader = task.val_loader(args, dist, labels)
-    fields = RUN_FIELDS + task.metric_names
+    return Setup(shard_set, labels, steps, model, ddp_model, ema, task.val_loader(args, dist, labels))
 
+
+def _resume(args: TrainConfig, out: Path, setup: Setup) -> tuple[dict | None, dict]:
+    """(the checkpoint to resume from or None, where to start); the weights are loaded here."""
     state = load_checkpoint(out / "last.pth") if args.resume and (out / "last.pth").exists() else None
-    position = state["position"] if state else {"phase": 0, "epoch": 0, "step": 0}
-    if state:
-        model.load_state_dict(state["model"])
-        if ema is not None and state.get("ema"):
-            ema.load_state_dict(state["ema"])
-        log.info("resuming from %s at %s", out / "last.pth", position)
+    if state is None:
+        return None, {"phase": 0, "epoch": 0, "step": 0}
+    setup.model.load_state_dict(state["model"])
+    if setup.ema is not None and state.get("ema"):
+        setup.ema.load_state_dict(state["ema"])
+    log.info("resuming from %s at %s", out / "last.pth", state["position"])
+    return state, state["position"]
+
+
+def _restore_phase(ctx: StepContext, state: dict) -> None:
+    ctx.optimizer.load_state_dict(state["optimizer"])
+    ctx.scheduler.load_state_dict(state["scheduler"])
+    ctx.num_updates = state["num_updates"]
+    if ctx.scaler is not None and state.get("scaler"):
+        ctx.scaler.load_state_dict(state["scaler"])
+    restore_rng_states(state["rng"])
+
+
+def _train(args: TrainConfig, dist: DistInfo, out: Path, task: Task) -> dict:
+    setup = _setup(args, dist, out, task)
+    state, position = _resume(args, out, setup)
+    epoch_log = EpochLog(out, RUN_FIELDS + task.metric_names) if dist.is_main else None
     val: dict = {}
-    for phase_index in range(position["phase"], len(PHASES)):
-        phase = PHASES[phase_index]
-        epochs = args.epochs if phase == "train" else args.finetune_epochs
-        ctx = _phase_context(args, task, phase, model, ddp_model, dist, steps, len(labels))
-        ctx.ema = ema
-        resuming_here = state is not None and phase_index == position["phase"]
-        if resuming_here:
-            ctx.optimizer.load_state_dict(state["optimizer"])
-            ctx.scheduler.load_state_dict(state["scheduler"])
-            ctx.num_updates = state["num_updates"]
-            if ctx.scaler is not None and state.get("scaler"):
-                ctx.scaler.load_state_dict(state["scaler"])
-            restore_rng_states(state["rng"])
-        stream = TrainStream(shard_set, task.train_decoder(args), args.batch_size, steps, dist.rank, dist.world,
-                             args.seed, args.orig_prob, use_variants=(phase == "train"), max_bad=args.max_bad)
-        for epoch in range(position["epoch"] if resuming_here else 0, epochs):
-            start_step = position["step"] if resuming_here and epoch == position["epoch"] else 0
-            epoch_key = phase_index * 100_000 + epoch
-            stream.set_epoch(epoch_key, start_step)
-            loader = DataLoader(stream, batch_size=args.batch_size, num_workers=args.workers,
-                                pin_memory=dist.device.type == "cuda")
-
-            def checkpoint(step: int, phase_index=phase_index, epoch=epoch, ctx=ctx) -> None:
-                if args.checkpoint_every and step % args.checkpoint_every == 0 and step < steps:
-                    _save(out, args, dist, model, ema, ctx, {"phase": phase_index, "epoch": epoch, "step": step})
-
-            stats = train_one_epoch(ctx, loader, epoch_key, start_step, steps, on_step=checkpoint,
-                                    progress=args.progress and dist.is_main)
-            done = epoch + 1 == epochs
-            eval_model = ema.module if ema is not None else model
-            evaluate_now = val_loader is not None and (done or (epoch + 1) % args.eval_every == 0)
-            val = task.evaluate(eval_model, val_loader, dist, labels) if evaluate_now else {}
-            row = _epoch_row(phase, epoch, stats, ctx.optimizer.param_groups[0]["lr"], val, dist)
-            nxt = {"phase": phase_index + done, "epoch": 0 if done else epoch + 1, "step": 0}
-            _save(out, args, dist, model, ema, ctx, nxt)
-            if dist.is_main:
-                _log_epoch(out, row, fields, global_epoch=phase_index * 10_000 + epoch)
-        state = None
+    try:
+        for phase_index in range(position["phase"], len(PHASES)):
+            resuming = state if state is not None and phase_index == position["phase"] else None
+            val = _run_phase(args, dist, out, task, setup, phase_index, resuming, position, epoch_log) or val
+            state = None
+    finally:
+        if epoch_log is not None:
+            epoch_log.close()
     summary = {**{k: val.get(k) for k in task.summary_metrics}, "task": task.name, "model": args.model,
                "epochs": args.epochs, "finetune_epochs": args.finetune_epochs, "world_size": dist.world,
-               "batch_size": args.batch_size, "steps_per_epoch": steps, "train_samples": shard_set.samples,
-               "classes": labels, "settings": vars(args)}
+               "batch_size": args.batch_size, "steps_per_epoch": setup.steps, "train_samples": setup.shard_set.samples,
+               "classes": setup.labels, "settings": dataclasses.asdict(args)}
     if dist.is_main:
         atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=1, sort_keys=True) + "\n").encode())
     return summary
 
 
-def _save(out: Path, args, dist: DistInfo, model, ema, ctx: StepContext, position: dict) -> None:
+def _run_phase(args: TrainConfig, dist: DistInfo, out: Path, task: Task, setup: Setup, phase_index: int,
+               state: dict | None, position: dict, epoch_log: EpochLog | None) -> dict:
+    """The epochs of one phase (from `position` when `state` resumes it); the last validation metrics."""
+    phase = PHASES[phase_index]
+    epochs = args.epochs if phase == "train" else args.finetune_epochs
+    ctx = _phase_context(args, task, phase, setup.model, setup.ddp_model, dist, setup.steps, len(setup.labels))
+    ctx.ema = setup.ema
+    if state is not None:
+        _restore_phase(ctx, state)
+    stream = TrainStream(setup.shard_set, task.train_decoder(args), args.batch_size, setup.steps, dist.rank,
+                         dist.world, args.seed, args.orig_prob, use_variants=(phase == "train"), max_bad=args.max_bad)
+    save = functools.partial(_save, out, args, setup.labels, dist, setup.model, setup.ema, ctx)
+    val: dict = {}
+    for epoch in range(position["epoch"] if state is not None else 0, epochs):
+        start_step = position["step"] if state is not None and epoch == position["epoch"] else 0
+        stream.set_epoch(epoch_key(phase_index, epoch), start_step)
+        loader = DataLoader(stream, batch_size=args.batch_size, num_workers=args.workers,
+                            pin_memory=dist.device.type == "cuda")
+
+        def checkpoint(step: int, epoch: int = epoch) -> None:
+            if args.checkpoint_every and step % args.checkpoint_every == 0 and step < setup.steps:
+                save({"phase": phase_index, "epoch": epoch, "step": step})
+
+        stats = train_one_epoch(ctx, loader, epoch_key(phase_index, epoch), start_step, setup.steps,
+                                on_step=checkpoint, progress=args.progress and dist.is_main)
+        done = epoch + 1 == epochs
+        evaluate_now = setup.val_loader is not None and (done or (epoch + 1) % args.eval_every == 0)
+        eval_model = setup.ema.module if setup.ema is not None else setup.model
+        val = task.evaluate(eval_model, setup.val_loader, dist, setup.labels) if evaluate_now else {}
+        row = _epoch_row(phase, epoch, stats, ctx.optimizer.param_groups[0]["lr"], val, dist)
+        save({"phase": phase_index + done, "epoch": 0 if done else epoch + 1, "step": 0})
+        if epoch_log is not None:
+            epoch_log.write(row, epochs_done=(args.epochs if phase_index else 0) + epoch + 1)
+    return val
+
+
+def _save(out: Path, args: TrainConfig, labels: list[str], dist: DistInfo, model, ema, ctx: StepContext,
+          position: dict) -> None:
     if not dist.is_main:
         return
     save_checkpoint(out / "last.pth", {
         "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
         "optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
         "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else None,
-        "num_updates": ctx.num_updates, "position": position, "classes": list(args.classes),
-        "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))},
+        "num_updates": ctx.num_updates, "position": position, "classes": list(labels),
+        "args": {**{k: v for k, v in dataclasses.asdict(args).items() if isinstance(v, (int, float, str, bool,
+                                                                                      type(None)))},
+                 "num_classes": len(labels)},
     })
 
 
-def _evaluate_checkpoint(args, dist: DistInfo, task: Task) -> dict:
+def _evaluate_checkpoint(args: TrainConfig, dist: DistInfo, task: Task) -> dict:
     state = load_checkpoint(args.checkpoint)
-    for key in ("model", "img_size"):
-        setattr(args, key, state["args"][key])
+    args = dataclasses.replace(args, model=state["args"]["model"], img_size=state["args"]["img_size"])
     model = task.build_model(args, state["args"]["num_classes"])
     model.load_state_dict(state.get("ema") or state["model"])
     model.to(dist.device)

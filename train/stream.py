@@ -1,7 +1,8 @@
-"""Streaming a shard set for training and evaluation, with webdataset's tar iterators.
+"""Streaming a shard set for training and evaluation, as webdataset-style stages.
 
-Declared as stages (webdataset style): shard list for (epoch, rank, worker) -> open -> tar
-members -> samples -> count check -> shuffle -> variant choice + explicit decode -> transform.
+Shard list for (epoch, rank, worker) -> open -> tar members (`tarstream.tar_file_expander`, this
+project's fast reader in webdataset's stage form) -> samples (webdataset's `group_by_keys`) ->
+count check -> shuffle (webdataset's) -> variant choice + explicit decode -> transform.
 Nothing here unpickles: only image fields and `cls` are ever decoded, and a sample holding a
 field outside the contract's allowlist (e.g. `pyd`, `pth`) is skipped and counted.
 
@@ -26,7 +27,7 @@ from webdataset.tariterators import group_by_keys
 from manifests import ContractError, check_field, decode_image, load_manifest, resolve_shard
 from manifests.contract import ORIGINAL_FIELDS, derive_seed
 
-from .tarstream import TarFormatError, iter_members
+from .tarstream import tar_file_expander
 
 log = logging.getLogger("train.stream")
 
@@ -90,15 +91,6 @@ class BadSamples:
         return count
 
 
-def _files(stream, url: str, on_error: Callable[[Exception], bool]) -> Iterator[dict]:
-    """Tar members in webdataset's file-record form, for its `group_by_keys`."""
-    try:
-        for name, data in iter_members(stream, url):
-            yield {"fname": name, "data": data, "__url__": url}
-    except (TarFormatError, OSError) as exc:
-        on_error(exc)
-
-
 def counted_samples(urls: Iterator[str], expected: dict[str, int], bad: BadSamples) -> Iterator[dict]:
     """Samples of each shard in turn; a tar error or a short shard is counted, never silent."""
     for url in urls:
@@ -114,7 +106,7 @@ def counted_samples(urls: Iterator[str], expected: dict[str, int], bad: BadSampl
             bad.add(url, "", f"cannot open: {exc}", count=expected[url])
             continue
         with stream:
-            files = _files(stream, url, on_error)
+            files = tar_file_expander([{"url": url, "stream": stream}], handler=on_error)
             for sample in group_by_keys(files, handler=on_error):
                 seen += 1
                 yield sample
@@ -149,21 +141,6 @@ def seed_augmentation(aug_seed: int) -> None:
     # Only the CPU generator: torch.manual_seed also queues a lazy CUDA seed, which formats a
     # stack trace per call on CUDA builds (measured: the loader's largest cost).
     torch.random.default_generator.manual_seed(aug_seed)
-
-
-class ClassificationDecoder:
-    """sample -> (image tensor, class index); the classification trainer's sample decoder."""
-
-    def __init__(self, transform: Callable):
-        self.transform = transform
-
-    def __call__(self, sample: dict, image_field: str, aug_seed: int | None) -> tuple:
-        if "cls" not in sample:
-            raise ValueError("no 'cls' field: this shard set has no class labels (a detection set?)")
-        image = read_image(sample, image_field)
-        if aug_seed is not None:
-            seed_augmentation(aug_seed)
-        return self.transform(image), int(sample["cls"])
 
 
 class TrainStream(IterableDataset):

@@ -11,7 +11,7 @@ with `tarfile` on USTAR, PAX and GNU archives.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
 BLOCK = 512
@@ -45,11 +45,17 @@ def _octal(field: bytes, where: str) -> int:
         raise TarFormatError(f"{where}: bad octal field {field!r}") from None
 
 
-def _pax_records(data: bytes) -> dict[str, str]:
+def _pax_records(data: bytes, where: str) -> dict[str, str]:
+    """PAX "LENGTH KEY=VALUE\n" records; every record must move forward, so a bad length cannot loop."""
     records, pos = {}, 0
     while pos < len(data):
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
+        space = data.find(b" ", pos)
+        try:
+            length = int(data[pos:space]) if space > pos else 0
+        except ValueError:
+            length = 0
+        if space < 0 or length <= space - pos + 1 or pos + length > len(data):
+            raise TarFormatError(f"{where}: malformed PAX record at offset {pos} of its header")
         key, _, value = data[space + 1:pos + length - 1].partition(b"=")
         records[key.decode("utf-8")] = value.decode("utf-8", "surrogateescape")
         pos += length
@@ -84,10 +90,10 @@ def iter_members(stream: BinaryIO, url: str) -> Iterator[tuple[str, bytes]]:
         _read_exact(stream, -size % BLOCK)
         offset += BLOCK + size + (-size % BLOCK)
         if kind == b"x":
-            pax_next = _pax_records(data)
+            pax_next = _pax_records(data, where)
             continue
         if kind == b"g":
-            pax_global.update(_pax_records(data))
+            pax_global.update(_pax_records(data, where))
             continue
         if kind == b"L":
             long_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
@@ -105,3 +111,18 @@ def iter_members(stream: BinaryIO, url: str) -> Iterator[tuple[str, bytes]]:
             yield name, data
         elif kind not in SKIPPED:
             raise TarFormatError(f"{where}: unsupported member type {kind!r} for {name!r}")
+
+
+def tar_file_expander(sources: Iterable[dict], handler: Callable[[Exception], bool]) -> Iterator[dict]:
+    """The webdataset pipeline stage of the same name, on this reader: {"url", "stream"} dicts in,
+    webdataset's file records ({"fname", "data", "__url__"}) out, for `group_by_keys`. A bad tar goes
+    to `handler` (webdataset's convention); the stage stops that source and goes on unless it returns False.
+    """
+    for source in sources:
+        url = source["url"]
+        try:
+            for name, data in iter_members(source["stream"], url):
+                yield {"fname": name, "data": data, "__url__": url}
+        except (TarFormatError, OSError) as exc:
+            if not handler(exc):
+                raise

@@ -23,7 +23,6 @@ from manifests.manifest import atomic_write_bytes, dumps_canonical
 from ..demo_data import MAX_OBJECTS
 from ..job_config import GenerateConfig
 from ..records import RecordSettings
-from ..segment import make_segmenter
 from ..shards import ShardPlan, write_shard
 from ..sources import Record, Source
 from .config import RepainterConfig
@@ -41,7 +40,7 @@ def label_channel_count(cfg: GenerateConfig, source: Source) -> int:
     if cfg.segmenter == "coco":
         return len(source.classes) + 2  # background + categories + boundary
     if cfg.segmenter.startswith("deeplab:"):
-        return make_segmenter(cfg.segmenter).num_classes + 1
+        return cfg.segmentation.num_classes + 1
     if cfg.segmenter == "demo":
         return MAX_OBJECTS + 2  # background + one channel per object + boundary
     return 17
@@ -58,7 +57,7 @@ def training_set(cfg: GenerateConfig, source: Source, records: list[Record], set
                  size: int) -> tuple[RepaintSet, RepaintSet]:
     """Decode + segment the first `--repainter-images` records on Ray tasks; hold 10% out."""
     chosen = records[: cfg.repainter_images]
-    segmenter = make_segmenter(cfg.segmenter)
+    segmenter = cfg.segmentation
     build = ray.remote(num_cpus=1, max_retries=cfg.max_retries)(build_repaint_set)
     multilabel, classes = source.kind == "coco", max(1, len(source.classes))
     parts = ray.get([build.remote(chosen[i:i + CHUNK], settings, segmenter, size, classes, multilabel)
@@ -117,8 +116,8 @@ def obtain_repainter(cfg: GenerateConfig, source: Source, records: list[Record],
     return path, {**info, "trained_by_this_job": True, "training": summary}
 
 
-class ShardWriter:
-    """A Ray actor holding one loaded repainter; it writes whole shards with it."""
+class ShardPainter:
+    """A Ray actor holding one loaded repainter: it paints and writes whole shards with it."""
 
     def __init__(self, repaint_args: dict, use_gpu: bool):
         torch.set_num_threads(1)  # one CPU per actor; also keeps CPU results independent of the host
@@ -130,10 +129,10 @@ class ShardWriter:
         return write_shard(plan, records, settings, out_dir, fingerprint, self.repaint)
 
 
-def start_writers(cfg: GenerateConfig, checkpoint: Path) -> list:
+def start_painters(cfg: GenerateConfig, checkpoint: Path) -> list:
     actor = ray.remote(num_cpus=1, num_gpus=cfg.gpus, max_restarts=cfg.max_retries,
-                       max_task_retries=cfg.max_retries)(ShardWriter)
-    args = {"checkpoint": str(checkpoint), "segmenter": make_segmenter(cfg.segmenter), "variants": cfg.variants,
+                       max_task_retries=cfg.max_retries)(ShardPainter)
+    args = {"checkpoint": str(checkpoint), "segmenter": cfg.segmentation, "variants": cfg.variants,
             "seed": cfg.seed, "repaint_size": cfg.repaint_size, "fraction": cfg.repaint_fraction,
             "latent": cfg.variant_latent, "keep_prob": cfg.region_keep_prob}
     return [actor.remote(args, cfg.gpus > 0) for _ in range(cfg.workers)]
