@@ -52,3 +52,17 @@ def test_every_setting_of_every_command_is_a_flag_with_help(config):
     parser = get_args_parser() if config is GenerateConfig else build_parser(config, "")
     assert {a.dest for a in parser._actions} - {"help"} == fields
     assert all(a.help for a in parser._actions)
+
+
+def test_console_entry_points_name_real_mains():
+    import importlib
+
+    from tests.conftest import REPO
+
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"repaint-manifest", "repaint-generate", "repaint-classify", "repaint-detect"}
+    for target in scripts.values():
+        module, _, name = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), name)), target
