@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -23,12 +24,6 @@ from .contract import (
     check_shard_url,
     split_member_name,
 )
-
-REQUIRED_TOP_LEVEL = (
-    "format", "format_version", "shards", "totals", "source", "skipped", "variants", "seed",
-    "seed_rule", "config", "provenance",
-)
-REQUIRED_SHARD = ("name", "bytes", "sha256", "samples", "first_key", "last_key")
 
 
 class ManifestError(ValueError):
@@ -85,17 +80,36 @@ def read_manifest(path: str | os.PathLike) -> dict:
     path = manifest_path(path)
     if not path.parent.is_dir():
         raise ManifestError(f"{path.parent}: no such folder (expected a shard-set folder or its manifest.json)")
+    if path.exists() and not path.is_file():
+        raise ManifestError(f"{path}: not a regular file")
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise ManifestError(f"{path}: no manifest here (expected {MANIFEST_NAME})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ManifestError(f"{path}: JSON nested too deeply to be a manifest") from None
     validate_manifest(manifest, str(path))
     return manifest
 
 
+SCHEMA_PATH = Path(__file__).with_name(f"schema-v{FORMAT_VERSION}.json")
+
+
+@functools.cache
+def _schema_validator():
+    import jsonschema  # loaded on first use: importing manifests stays cheap
+
+    return jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+
+
+def _field_path(path) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".") or "(top level)"
+
+
 def validate_manifest(manifest: Any, where: str) -> None:
+    """Check a manifest against schema-v1.json, then across fields; the first problem names its field."""
     if not isinstance(manifest, dict):
         raise ManifestError(f"{where}: manifest must be a JSON object")
     if manifest.get("format") != FORMAT_NAME:
@@ -105,17 +119,58 @@ def validate_manifest(manifest: Any, where: str) -> None:
             f"{where}: format_version {manifest.get('format_version')!r} is not supported "
             f"(this code reads version {FORMAT_VERSION})"
         )
-    missing = [k for k in REQUIRED_TOP_LEVEL if k not in manifest]
-    if missing:
-        raise ManifestError(f"{where}: missing fields {missing}")
-    for i, shard in enumerate(manifest["shards"]):
-        absent = [k for k in REQUIRED_SHARD if k not in shard]
-        if absent:
-            raise ManifestError(f"{where}: shard #{i} is missing {absent}")
-        try:
-            check_shard_url(shard["name"])
-        except ContractError as exc:
-            raise ManifestError(f"{where}: shard #{i}: {exc}") from None
+    shards = manifest.get("shards")
+    for i, shard in enumerate(shards if isinstance(shards, list) else []):
+        if isinstance(shard, dict) and isinstance(shard.get("name"), str):  # refused before anything else
+            try:
+                check_shard_name(shard["name"])
+            except ContractError as exc:
+                raise ManifestError(f"{where}: shards[{i}].name: {exc}") from None
+    errors = sorted(_schema_validator().iter_errors(manifest), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+        raise ManifestError(f"{where}: {_field_path(first.absolute_path)}: {first.message}{more}")
+    problem = _cross_field_problem(manifest)
+    if problem:
+        raise ManifestError(f"{where}: {problem}")
+
+
+def _cross_field_problem(manifest: dict) -> str | None:
+    shards, totals = manifest["shards"], manifest["totals"]
+    names: set[str] = set()
+    key_owner: dict[str, str] = {}
+    for i, shard in enumerate(shards):
+        name = shard["name"]
+        if name in names:
+            return f"shards[{i}].name: {name!r} is listed twice"
+        names.add(name)
+        for key in {shard["first_key"], shard["last_key"]} - {None}:
+            if key in key_owner:
+                return f"shards[{i}]: key {key!r} is also in {key_owner[key]} (keys are unique across shards)"
+            key_owner[key] = name
+    sums = {"samples": (sum(s["samples"] for s in shards), "the shards' samples add up to"),
+            "bytes": (sum(s["bytes"] for s in shards), "the shards' bytes add up to"),
+            "shards": (len(shards), "the manifest lists shards:"),
+            "skipped": (len(manifest["skipped"]), "the manifest lists skipped inputs:")}
+    for field, (value, what) in sums.items():
+        if totals[field] != value:
+            return f"totals.{field} is {totals[field]}, but {what} {value}"
+    if totals["inputs"] != totals["samples"] + totals["skipped"]:
+        return (f"totals.inputs is {totals['inputs']}, but samples + skipped = "
+                f"{totals['samples']} + {totals['skipped']} (every input is written or skipped)")
+    return None
+
+
+def check_shard_name(name: str) -> None:
+    """A shard a manifest lists lies in its set: a relative path with no `..`, or a URL (then
+    `resolve_shard` requires it under the set's own base)."""
+    check_shard_url(name)
+    if "://" in name:
+        return
+    parts = Path(name).parts
+    if os.path.isabs(name) or ".." in parts or "\\" in name or not parts:
+        raise ContractError(f"shard name {name!r} is not a relative path inside the shard set's folder")
 
 
 def _is_remote(location: str) -> bool:
@@ -136,7 +191,7 @@ def load_manifest(location: str | os.PathLike) -> tuple[dict, str]:
     try:
         with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (scheme checked)
             manifest = json.loads(response.read())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ManifestError(f"{url}: cannot read the manifest: {exc}") from None
     validate_manifest(manifest, url)
     return manifest, url.rsplit("/", 1)[0]
@@ -149,10 +204,18 @@ def shard_urls(location: str | os.PathLike) -> list[str]:
 
 
 def resolve_shard(base: str, name: str) -> str:
-    check_shard_url(name)
-    if "://" in name or os.path.isabs(name):
+    """The URL or path of shard `name` of the set at `base`; anything outside the set is refused."""
+    check_shard_name(name)
+    if "://" in name:
+        if not name.startswith(base.rstrip("/") + "/"):
+            raise ContractError(f"shard URL {name!r} is outside the shard set's own base {base!r}")
         return name
-    return f"{base}/{name}" if _is_remote(base) else str(Path(base) / name)
+    if _is_remote(base):
+        return f"{base}/{name}"
+    path = Path(base) / name
+    if not path.resolve().is_relative_to(Path(base).resolve()):  # a symlink out of the folder
+        raise ContractError(f"shard {name!r} resolves to {path.resolve()}, outside the shard set's folder {base}")
+    return str(path)
 
 
 def iter_tar_samples(path: str | os.PathLike) -> Iterator[tuple[str, list[str]]]:
@@ -174,7 +237,7 @@ def iter_tar_samples(path: str | os.PathLike) -> Iterator[tuple[str, list[str]]]
 
 def inspect_shard(path: str | os.PathLike) -> dict:
     """Count samples of a shard and check its keys and fields; raises on an unreadable tar."""
-    count, first, last = 0, None, None
+    count, first, last, keys = 0, None, None, []
     for key, fields in iter_tar_samples(path):
         check_key(key)
         for field in fields:
@@ -182,7 +245,8 @@ def inspect_shard(path: str | os.PathLike) -> dict:
         count += 1
         first = first or key
         last = key
-    return {"samples": count, "first_key": first, "last_key": last}
+        keys.append(key)
+    return {"samples": count, "first_key": first, "last_key": last, "keys": keys}
 
 
 @dataclass
@@ -197,15 +261,24 @@ class ShardProblem:
 
 
 def verify_shard_set(path: str | os.PathLike, check_sha256: bool = True) -> list[ShardProblem]:
-    """Check every local shard's size, sha256 and sample count; return the problems found."""
+    """Check every local shard's size, sha256, sample count, first and last key, and that no key is
+    in two shards; return the problems found. A shard outside the set's folder is refused."""
     mpath = manifest_path(path)
     manifest = read_manifest(mpath)
     problems: list[ShardProblem] = []
+    seen: dict[str, str] = {}
     for shard in manifest["shards"]:
         name = shard["name"]
-        file = mpath.parent / name
-        if not file.is_file():
+        try:
+            file = Path(resolve_shard(str(mpath.parent), name))
+        except ContractError as exc:
+            problems.append(ShardProblem(name, "refused", "a shard inside the set's folder", str(exc)))
+            continue
+        if not file.exists():
             problems.append(ShardProblem(name, "missing", "a file", "nothing"))
+            continue
+        if not file.is_file():  # a FIFO or a folder: never opened
+            problems.append(ShardProblem(name, "not a regular file", "a file", "something else"))
             continue
         size = file.stat().st_size
         if size != shard["bytes"]:
@@ -215,10 +288,15 @@ def verify_shard_set(path: str | os.PathLike, check_sha256: bool = True) -> list
             if digest != shard["sha256"]:
                 problems.append(ShardProblem(name, "sha256 mismatch", shard["sha256"], digest))
         try:
-            found = inspect_shard(file)["samples"]
+            found = inspect_shard(file)
         except (tarfile.TarError, ContractError, OSError) as exc:
             problems.append(ShardProblem(name, "unreadable", "a readable tar", f"error: {exc}"))
             continue
-        if found != shard["samples"]:
-            problems.append(ShardProblem(name, "sample count mismatch", shard["samples"], found))
+        for what in ("samples", "first_key", "last_key"):
+            if found[what] != shard[what]:
+                problems.append(ShardProblem(name, f"{what.replace('_', ' ')} mismatch", shard[what], found[what]))
+        for key in found["keys"]:
+            if key in seen:
+                problems.append(ShardProblem(name, "duplicate key", f"{key} only in {seen[key]}", "it here too"))
+            seen.setdefault(key, name)
     return problems
