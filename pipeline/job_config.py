@@ -94,8 +94,24 @@ class GenerateConfig:
         bad = invalid_flags(self)
         if bad:
             raise ValueError("; ".join(bad))
+        self._check_out()
         if self.variants > 0:
             self._check_repainter_flags()
+
+    def _check_out(self) -> None:
+        """--out must be a folder (or not exist yet) that is neither the source's own folder nor inside it."""
+        out = Path(self.out).resolve()
+        for parent in (out, *out.parents):
+            if parent.exists() and not parent.is_dir():
+                where = "is" if parent == out else f"is below {parent}, which is"
+                raise ValueError(f"--out {self.out} {where} a file, not a folder")
+        kind, _, rest = self.source.partition(":")
+        roots = {"imagefolder": [rest], "coco": [rest.rpartition(":")[2]]}.get(kind, [])
+        for root in filter(None, roots):
+            root_path = Path(root).resolve()
+            if out == root_path or out.is_relative_to(root_path):
+                raise ValueError(f"--out {self.out} is inside the source folder {root}: the shards would be "
+                                 "listed as images by a rerun; write them elsewhere")
 
     @functools.cached_property
     def segmentation(self):

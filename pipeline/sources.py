@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,7 @@ class Record:
             image.save(buf, format="PNG", compress_level=6)
             return buf.getvalue(), {"label": label, "boxes": boxes, "box_labels": box_labels}
         assert self.path is not None
-        with open(self.path, "rb") as f:
-            return f.read(), {}
+        return read_regular_file(self.path), {}
 
 
 @dataclass
@@ -60,6 +60,56 @@ class Source:
     classes: list[str]
     provenance: dict[str, Any]
     categories: list[dict] | None = None  # COCO categories (id, name, supercategory)
+
+
+class NotARegularFile(OSError):
+    """A FIFO, device or folder where an image file was listed: never read (a FIFO would block)."""
+
+
+def read_regular_file(path: bytes) -> bytes:
+    """The bytes of a regular file; opened non-blocking and checked before reading, so a FIFO put
+    where an image was cannot hang the job."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotARegularFile(f"{os.fsdecode(path)}: not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
+def _walk(root: bytes, top: bytes, visited: set[tuple[int, int]]) -> list[tuple[bytes, bytes, str | None]]:
+    """(folder, file name, skip reason or None) under `top`, in `sorted(os.walk(top))` order; links
+    are followed only inside `root`.
+
+    A folder is entered once (by device and inode), so links that loop or repeat a folder list
+    nothing twice; a link that leaves `root`, a broken link and a FIFO/socket/device are listed with
+    the reason they are skipped, and never opened.
+    """
+    real_root = os.path.realpath(root)
+    folders: list[tuple[bytes, list[tuple[bytes, bytes, str | None]]]] = []
+    pending = [top]
+    while pending:
+        folder = pending.pop()
+        info = os.stat(folder)
+        if (info.st_dev, info.st_ino) in visited:
+            continue
+        visited.add((info.st_dev, info.st_ino))
+        files: list[tuple[bytes, bytes, str | None]] = []
+        with os.scandir(folder) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.is_symlink() and os.path.commonpath([real_root, os.path.realpath(entry.path)]) != real_root:
+                    files.append((folder, entry.name, "a link to outside the source folder (not followed)"))
+                elif entry.is_dir():
+                    pending.append(entry.path)
+                elif entry.is_file():
+                    files.append((folder, entry.name, None))
+                else:
+                    reason = "a broken link" if entry.is_symlink() else "not a regular file (a FIFO, socket or device)"
+                    files.append((folder, entry.name, reason))
+        folders.append((folder, files))
+    return [item for _, files in sorted(folders, key=lambda f: f[0]) for item in files]
 
 
 def _hash_lines(lines: list[bytes]) -> str:
@@ -74,28 +124,39 @@ def image_folder_source(root: str | Path) -> Source:
     if not os.path.isdir(root_b):
         raise SourceError(f"{root}: not a directory (expected root/<class>/<image>)")
     class_dirs = sorted(e.name for e in os.scandir(root_b) if e.is_dir())
+    for class_b in class_dirs:
+        if not _inside(root_b, os.path.join(root_b, class_b)):
+            raise SourceError(f"{root}: class folder {display_name(class_b)!r} is a link to outside the source "
+                              "folder (refused: the job reads only under the root it is given)")
     if not class_dirs:
         raise SourceError(f"{root}: no class folders found (expected root/<class>/<image>)")
     records: list[Record] = []
     listing: list[bytes] = []
+    visited: set[tuple[int, int]] = set()
     for label, class_b in enumerate(class_dirs):
         class_dir = os.path.join(root_b, class_b)
-        for dirpath, _, files in sorted(os.walk(class_dir, followlinks=True)):
-            rel_dir = dirpath[len(root_b) + 1:]  # os.path.relpath is ~20 us a call: too slow here
-            for name in sorted(files):
-                full = os.path.join(dirpath, name)
-                rel = os.path.join(rel_dir, name)
-                listing.append(rel)
-                record = Record(len(records), display_name(rel), path=full, label=label,
-                                class_name=display_name(class_b))
-                if display_name(rel) != os.fsdecode(rel):
-                    record.notes.append("file name is not valid UTF-8; shown with \\x escapes")
-                if not os.fsdecode(name).lower().endswith(IMAGE_EXTENSIONS):
-                    record.skip_reason = "not an image file extension (torchvision's IMG_EXTENSIONS)"
-                records.append(record)
+        for dirpath, name, refused in _walk(root_b, class_dir, visited):
+            full = os.path.join(dirpath, name)
+            rel = full[len(root_b) + 1:]  # os.path.relpath is ~20 us a call: too slow here
+            listing.append(rel)
+            record = Record(len(records), display_name(rel), path=full, label=label,
+                            class_name=display_name(class_b))
+            if display_name(rel) != os.fsdecode(rel):
+                record.notes.append("file name is not valid UTF-8; shown with \\x escapes")
+            if refused:
+                record.skip_reason, record.path = refused, None
+            elif not os.fsdecode(name).lower().endswith(IMAGE_EXTENSIONS):
+                record.skip_reason = "not an image file extension (torchvision's IMG_EXTENSIONS)"
+            records.append(record)
     provenance = {"kind": "imagefolder", "root": display_name(root_b), "files": len(listing),
                   "file_list_sha256": _hash_lines(listing)}
     return Source("imagefolder", records, [display_name(c) for c in class_dirs], provenance)
+
+
+def _inside(root: str | Path, path: bytes) -> bool:
+    """Does `path`, links resolved, lie under `root` (also resolved)?"""
+    real_root = os.path.realpath(os.fsencode(os.path.abspath(root)))
+    return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
 
 
 def coco_source(annotations: str | Path, images_dir: str | Path) -> Source:
@@ -121,7 +182,11 @@ def coco_source(annotations: str | Path, images_dir: str | Path) -> Source:
             ],
         }
         path = os.fsencode(os.path.join(os.path.abspath(images_dir), image["file_name"]))
-        records.append(Record(len(records), image["file_name"], path=path, coco=coco))
+        record = Record(len(records), image["file_name"], path=path, coco=coco)
+        if not _inside(images_dir, path):
+            record.skip_reason = f"file_name {image['file_name']!r} resolves outside the images folder (not read)"
+            record.path = None
+        records.append(record)
     provenance = {
         "kind": "coco", "annotations": os.path.abspath(annotations),
         "root": os.path.abspath(images_dir),
