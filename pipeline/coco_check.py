@@ -35,14 +35,40 @@ def load_coco_json(path: str | Path) -> dict:
         ) from None
     except UnicodeDecodeError as exc:
         raise CocoFormatError(f"{path}: not UTF-8 text: {exc}") from None
+    except RecursionError:
+        raise CocoFormatError(f"{path}: JSON nested too deeply to be a COCO file") from None
     validate_coco(data, str(path))
     return data
 
 
-def _check_polygons(segmentation: Any, where: str) -> None:
-    if isinstance(segmentation, dict):  # RLE, checked by pycocotools' own decoder
-        if "counts" not in segmentation or "size" not in segmentation:
-            raise CocoFormatError(f"{where}: RLE segmentation needs 'counts' and 'size'")
+def _check_rle(rle: dict, image: dict, where: str) -> None:
+    """An RLE mask must name its image's size and decode (pycocotools' own decoder) to that size."""
+    from pycocotools import mask as mask_utils
+
+    if "counts" not in rle or "size" not in rle:
+        raise CocoFormatError(f"{where}: RLE segmentation needs 'counts' and 'size'")
+    if rle["size"] != [image["height"], image["width"]]:
+        raise CocoFormatError(f"{where}: RLE size {rle['size']!r} is not its image's [height, width] "
+                              f"[{image['height']}, {image['width']}]")
+    counts = rle["counts"]
+    try:
+        if isinstance(counts, list):  # uncompressed: run lengths that must cover the image exactly
+            valid = all(isinstance(c, int) and c >= 0 for c in counts)
+            if not valid or sum(counts) != image["height"] * image["width"]:
+                raise ValueError("uncompressed counts must be non-negative integers summing to height x width")
+            return
+        if not isinstance(counts, str):
+            raise ValueError(f"counts must be a list or a compressed string, not {type(counts).__name__}")
+        mask = mask_utils.decode({"size": rle["size"], "counts": counts.encode("ascii")})
+        if mask.shape[:2] != (image["height"], image["width"]):
+            raise ValueError(f"decodes to {mask.shape[:2]}")
+    except (ValueError, TypeError, UnicodeEncodeError) as exc:
+        raise CocoFormatError(f"{where}: RLE segmentation does not decode: {exc}") from None
+
+
+def _check_polygons(segmentation: Any, image: dict, where: str) -> None:
+    if isinstance(segmentation, dict):
+        _check_rle(segmentation, image, where)
         return
     if not isinstance(segmentation, list):
         raise CocoFormatError(f"{where}: segmentation must be a list of polygons or an RLE dict")
@@ -79,6 +105,10 @@ def validate_coco(data: Any, path: str) -> None:
     image_ids = _unique_ids(data["images"], "image", path)
     _unique_ids(data["annotations"], "annotation", path)
     category_ids = _unique_ids(data["categories"], "category", path)
+    for category in data["categories"]:
+        if not isinstance(category.get("name"), str) or not category["name"].strip():
+            raise CocoFormatError(f"{path}: category id {category['id']}: 'name' must be a non-empty string")
+    images = {image["id"]: image for image in data["images"]}
     for image in data["images"]:
         where = f"{path}: image id {image['id']}"
         if not isinstance(image.get("file_name"), str) or not image["file_name"]:
@@ -99,5 +129,9 @@ def validate_coco(data: Any, path: str) -> None:
             raise CocoFormatError(f"{where}: bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
         if bbox[2] < 0 or bbox[3] < 0:
             raise CocoFormatError(f"{where}: bbox has negative width or height: {bbox}")
+        if "iscrowd" in ann and (ann["iscrowd"] not in (0, 1) or isinstance(ann["iscrowd"], bool)):
+            raise CocoFormatError(f"{where}: iscrowd must be 0 or 1, got {ann['iscrowd']!r}")
+        if "area" in ann and (not _is_number(ann["area"]) or ann["area"] < 0):
+            raise CocoFormatError(f"{where}: area must be a finite number >= 0, got {ann['area']!r}")
         if "segmentation" in ann:
-            _check_polygons(ann["segmentation"], where)
+            _check_polygons(ann["segmentation"], images[ann["image_id"]], where)

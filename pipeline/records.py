@@ -146,4 +146,4 @@ def process_record(
     meta["fields"] = sorted([*(k for k in sample if k != "__key__"), FIELD_JSON])
     sample[FIELD_JSON] = json.dumps(meta, sort_keys=True, ensure_ascii=True).encode()
     _check_fields(tuple(sample))
-    return RecordResult(sample, None, decoded.notes, n_boxes)
+    return RecordResult(sample, None, decoded.notes + record.notes, n_boxes)

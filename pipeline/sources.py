@@ -159,6 +159,18 @@ def _inside(root: str | Path, path: bytes) -> bool:
     return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
 
 
+def _clipped_box(bbox: list[float], width: int, height: int) -> tuple[list[float] | None, str | None]:
+    """A documented repair (counted in the manifest's conversions): a box reaching past its image is
+    clipped to it; one with no area inside the image is dropped, as a detector could not learn it."""
+    x, y, w, h = bbox
+    x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))
+    if x1 <= x0 or y1 <= y0:
+        return None, "dropped: no area inside its image"
+    if (x0, y0, x1, y1) == (x, y, x + w, y + h):
+        return bbox, None
+    return [x0, y0, x1 - x0, y1 - y0], "clipped to its image"
+
+
 def coco_source(annotations: str | Path, images_dir: str | Path) -> Source:
     data = load_coco_json(annotations)
     if not os.path.isdir(images_dir):
@@ -174,15 +186,20 @@ def coco_source(annotations: str | Path, images_dir: str | Path) -> Source:
         coco = {
             "image_id": image["id"], "file_name": image["file_name"],
             "width": image["width"], "height": image["height"],
-            "annotations": [
-                {"id": a["id"], "bbox": a["bbox"], "category_id": a["category_id"],
-                 "label": cat_index[a["category_id"]], "iscrowd": int(a.get("iscrowd", 0)),
-                 "area": a.get("area"), "segmentation": a.get("segmentation")}
-                for a in anns
-            ],
+            "annotations": [],
         }
+        notes = []
+        for a in anns:
+            bbox, repair = _clipped_box(a["bbox"], image["width"], image["height"])
+            if repair:
+                notes.append(f"COCO box {repair}")
+            if bbox is None:
+                continue
+            coco["annotations"].append(
+                {"id": a["id"], "bbox": bbox, "category_id": a["category_id"], "label": cat_index[a["category_id"]],
+                 "iscrowd": int(a.get("iscrowd", 0)), "area": a.get("area"), "segmentation": a.get("segmentation")})
         path = os.fsencode(os.path.join(os.path.abspath(images_dir), image["file_name"]))
-        record = Record(len(records), image["file_name"], path=path, coco=coco)
+        record = Record(len(records), image["file_name"], path=path, coco=coco, notes=notes)
         if not _inside(images_dir, path):
             record.skip_reason = f"file_name {image['file_name']!r} resolves outside the images folder (not read)"
             record.path = None
