@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import os
 import pickle
 import tarfile
 import threading
@@ -155,3 +156,23 @@ def test_manifest_naming_a_forbidden_url_is_refused_before_opening(tmp_path, nam
     with pytest.raises(Exception, match="pipe:|allowlist"):
         open_shard_set("pipe:cat " + str(root / "manifest.json"))
 
+
+
+@pytest.mark.timeout(60)
+def test_a_fifo_in_place_of_a_shard_is_a_counted_bad_shard_not_a_hang(tmp_path):
+    root = make_shard_set(tmp_path, 8, per_shard=4)
+    (root / "shard-000001.tar").unlink()
+    os.mkfifo(root / "shard-000001.tar")
+    samples = list(EvalStream(open_shard_set(root), _decode, rank=0, world=1, max_bad=10))
+    assert len(samples) == 4 and sum(s[2] for s in samples) == 4  # the FIFO's 4 samples counted as bad
+
+
+@pytest.mark.parametrize("name", ["../elsewhere/shard-000000.tar", "/tmp/shard-000000.tar",
+                                  "http://other-host/shard-000000.tar"])
+def test_a_manifest_naming_a_shard_outside_its_set_is_refused(tmp_path, name):
+    root = make_shard_set(tmp_path, 4, per_shard=4)
+    manifest = manifest_of(root)
+    manifest["shards"][0]["name"] = name
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="not a relative path inside|outside the shard set's own base"):
+        open_shard_set(str(root))

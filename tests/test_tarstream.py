@@ -93,3 +93,23 @@ def test_the_stage_hands_a_bad_tar_to_its_handler_and_goes_on():
     records = list(tar_file_expander(sources, handler=lambda exc: seen.append(str(exc)) or True))
     assert [r["fname"] for r in records] == [name for name, _ in _with_tarfile(good)]
     assert {r["__url__"] for r in records} == {"good.tar"} and "malformed PAX record" in seen[0]
+
+
+@pytest.mark.timeout(60)
+def test_random_truncations_and_byte_flips_never_hang_and_raise_only_the_readers_error():
+    import random
+
+    rng = random.Random(0)
+    for fmt in (tarfile.USTAR_FORMAT, tarfile.PAX_FORMAT, tarfile.GNU_FORMAT):
+        data = _archive(fmt)
+        for trial in range(1500):
+            mutated = bytearray(data[: rng.randrange(len(data) + 1)] if trial % 2 else data)
+            reach = len(mutated) if trial % 3 else min(len(mutated), 2048)  # a third aim at the first headers
+            for _ in range(rng.randrange(1, 6)):
+                if reach:
+                    mutated[rng.randrange(reach)] = rng.randrange(256)
+            try:
+                members = list(iter_members(io.BytesIO(bytes(mutated)), "fuzz"))
+            except TarFormatError:
+                continue
+            assert all(isinstance(n, str) and isinstance(d, bytes) for n, d in members)

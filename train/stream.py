@@ -14,7 +14,9 @@ without decoding them.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import stat
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -61,9 +63,15 @@ def open_shard_set(location: str) -> ShardSet:
 
 
 def open_stream(url: str):
+    """A shard's byte stream. A local path is opened non-blocking and must be a regular file, so a
+    FIFO named like a shard is an error (counted as a bad shard), not a reader blocked forever."""
     if url.startswith(("http://", "https://")):
         return urllib.request.urlopen(url, timeout=60)  # noqa: S310 (allowlisted by the contract)
-    return open(url.removeprefix("file://"), "rb")
+    fd = os.open(url.removeprefix("file://"), os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{url}: not a regular file")
+    return os.fdopen(fd, "rb")
 
 
 class TooManyBadSamples(RuntimeError):

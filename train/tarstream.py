@@ -57,7 +57,7 @@ def _pax_records(data: bytes, where: str) -> dict[str, str]:
         if space < 0 or length <= space - pos + 1 or pos + length > len(data):
             raise TarFormatError(f"{where}: malformed PAX record at offset {pos} of its header")
         key, _, value = data[space + 1:pos + length - 1].partition(b"=")
-        records[key.decode("utf-8")] = value.decode("utf-8", "surrogateescape")
+        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
         pos += length
     return records
 
@@ -83,7 +83,10 @@ def iter_members(stream: BinaryIO, url: str) -> Iterator[tuple[str, bytes]]:
         kind = header[156:157]
         size = _octal(header[124:136], where)
         pax = {**pax_global, **pax_next}
-        size = int(pax.get("size", size))
+        if "size" in pax:
+            if not pax["size"].isdigit():
+                raise TarFormatError(f"{where}: PAX size {pax['size']!r} is not a number")
+            size = int(pax["size"])
         data = _read_exact(stream, size)
         if len(data) < size:
             raise TarFormatError(f"{where}: member data truncated ({len(data)} of {size} bytes)")
