@@ -79,7 +79,7 @@ def _forward_backward(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> tor
         from .sage import sage_forward_backward
 
         out = sage_forward_backward(ctx.model, ctx.criterion, x, y, ctx.mixer, ctx.update_ratio,
-                                    ctx.num_classes, scaler=ctx.scaler)
+                                    ctx.num_classes, scaler=ctx.scaler, autocast=lambda: _autocast(ctx))
         return torch.tensor([out["loss_clean"], out["loss_mix"]])
     if ctx.loss_fn is not None:
         with _autocast(ctx):

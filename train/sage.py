@@ -27,6 +27,8 @@ the official code. Quantisation moves each objective by at most ``n_pixels * 2^-
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
@@ -240,7 +242,8 @@ class SageMix:
 
 def sage_forward_backward(model: torch.nn.Module, criterion: torch.nn.Module, x: Tensor, target: Tensor,
                           mixer: SageMix, update_ratio: float, num_classes: int,
-                          scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+                          scaler: torch.amp.GradScaler | None = None,
+                          autocast: Callable[[], AbstractContextManager] = nullcontext) -> dict[str, float]:
     """One SAGE step's gradients, accumulated into ``.grad`` (no optimizer step).
 
     The clean batch (hard-label cross-entropy) gives the saliency and contributes its parameter
@@ -248,20 +251,24 @@ def sage_forward_backward(model: torch.nn.Module, criterion: torch.nn.Module, x:
     its gradients with weight update_ratio. Official: the weights are applied by scaling each loss
     before its backward, which leaves existing gradients alone; the input gradient is only
     rescaled, which the saliency normalisation removes. With update_ratio == 1 the clean pass
-    differentiates the input only. Under DDP this is just two ordinary backwards.
+    differentiates the input only. Under DDP this is just two ordinary backwards. With AMP both
+    forwards and losses run under ``autocast()`` and both backwards go through ``scaler``; the
+    mixing itself (saliency, shifts, masks) runs outside it, in the input's own dtype.
     """
     _check(0 <= update_ratio <= 1, "update_ratio", "in [0, 1]", update_ratio)
     _check(mixer.num_classes == num_classes, "num_classes", f"equal to mixer.num_classes ({mixer.num_classes})",
            num_classes)
     scale = scaler.scale if scaler is not None else (lambda loss: loss)
     x = x.detach().requires_grad_()
-    loss_clean = F.cross_entropy(model(x), target)
+    with autocast():
+        loss_clean = F.cross_entropy(model(x), target)
     if update_ratio < 1:
         scale(loss_clean * (1 - update_ratio)).backward()
         input_grad = x.grad
     else:
         (input_grad,) = torch.autograd.grad(scale(loss_clean), x)
     mixed_x, soft_target = mixer(x.detach(), target, input_grad)
-    loss_mix = criterion(model(mixed_x), soft_target)
+    with autocast():
+        loss_mix = criterion(model(mixed_x), soft_target)
     scale(loss_mix * update_ratio).backward()
     return {"loss_clean": loss_clean.item(), "loss_mix": loss_mix.item(), "lam": mixer.last_weights.mean().item()}
