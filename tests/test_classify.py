@@ -58,13 +58,15 @@ def test_torchrun_two_gloo_processes_uneven_shards_equal_steps(demo_shards, tmp_
     run = tmp_path / "run"
     _finish(_classify(["--shards", str(demo_shards), "--val", str(demo_shards), "--batch-size", "8",
                        "--workers", "2", "--mix", "sage", "--epochs", "2", "--finetune-epochs", "1",
-                       "--out", str(run)], torchrun=2))
+                       "--val-shift", "gray,jpeg:5", "--out", str(run)], torchrun=2))
     rows = _rows(run)
     assert [(r["phase"], r["epoch"]) for r in rows] == [("train", "0"), ("train", "1"), ("finetune", "0")]
     assert all(r["steps_min"] == r["steps_max"] == "9" for r in rows)  # 150 // (2 x 8)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["val_samples"] == 150
     assert 0 <= summary["top1"] <= 100 and summary["top5"] >= summary["top1"]
+    assert 0 <= summary["top1_gray"] <= 100 and 0 <= summary["top1_jpeg5"] <= 100  # --val-shift copies
+    assert rows[-1]["top1_gray"] != "" and rows[-1]["top1_jpeg5"] != ""
     assert (run / "args.yaml").exists() and (run / "last.pth").exists()
     assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1  # one writer per run, not per epoch
     settings = yaml.safe_load((run / "args.yaml").read_text())
@@ -158,6 +160,8 @@ def test_all_ranks_skip_a_non_finite_step_together():
     (["--shards", "x", "--mix", "magic"], "--mix magic: must be one of none, mixup, cutmix, sage"),
     (["--shards", "x", "--scale", "0.9", "0.2"], "invalid value for --scale 0.9 0.2: must be 0 < MIN <= MAX <= 1"),
     (["--shards", "x", "--finetune-lr", "0"], "invalid value for --finetune-lr 0.0: must be > 0"),
+    (["--shards", "x", "--val", "v", "--val-shift", "sepia"], "--val-shift 'sepia': unknown shift"),
+    (["--shards", "x", "--val-shift", "gray"], "--val-shift needs --val"),
 ])
 def test_wrong_flags_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):

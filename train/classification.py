@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from manifests import decode_image
 
 from .distributed import DistInfo, all_reduce_sum
+from .shifts import Shifted, parse_shifts, shift_label
 from .stream import EvalStream, ShardSet, open_shard_set, read_image, seed_augmentation
 
 
@@ -89,10 +90,14 @@ class ClassificationTask:
         criterion = SoftTargetCrossEntropy() if mixer is not None else LabelSmoothingCrossEntropy(args.smoothing)
         return {"mix": args.mix, "mixer": mixer, "criterion": criterion, "update_ratio": args.update_ratio}
 
-    def val_loader(self, args, dist: DistInfo, labels: list[str]) -> DataLoader | None:
+    def val_loader(self, args, dist: DistInfo, labels: list[str], shift: tuple[str, int] | None = None
+                   ) -> DataLoader | None:
+        """--val as a loader; with `shift` (name, severity), its shifted copy (train/shifts.py)."""
         if not args.val:
             return None
         transform = create_transform(args.img_size, is_training=False, crop_pct=1.0)
+        if shift is not None:
+            transform = Shifted(*shift, then=transform)
         if is_shard_set(args.val):
             val_set = open_shard_set(args.val)
             if labels and val_set.classes != labels:
@@ -102,6 +107,11 @@ class ClassificationTask:
             folder = _SafeImageFolder(args.val, transform, labels)
             dataset = Subset(folder, range(dist.rank, len(folder), dist.world))  # each image exactly once
         return DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
+
+    def shifted_val_loaders(self, args, dist: DistInfo, labels: list[str]) -> dict[str, DataLoader]:
+        """{metric suffix: loader} for every --val-shift."""
+        shifts = parse_shifts(args.val_shift)
+        return {shift_label(*shift): self.val_loader(args, dist, labels, shift) for shift in shifts}
 
     def evaluate(self, model: torch.nn.Module, loader, dist: DistInfo, labels: list[str]) -> dict:
         return evaluate_top_k(model, loader, dist.device, len(labels))

@@ -112,6 +112,9 @@ class ClassifyConfig(TrainConfig):
                            group=MIX)
     update_ratio: float = flag(0.5, "weight of the mixed batch's gradient", check=lambda v: 0 <= v <= 1,
                                must="in [0, 1]", group=MIX)
+    val_shift: str = flag("", "also evaluate on shifted copies of --val: gray, hue, low_contrast, gaussian_noise, "
+                              "gaussian_blur, jpeg, brightness, contrast, pixelate, fog (NAME:SEVERITY, 1-5, "
+                              "default 3), or corruptions (all at 3); comma-separated", group=DATA)
 
     def __post_init__(self) -> None:
         if isinstance(self.scale, list):  # argparse's nargs and YAML both give a list
@@ -119,8 +122,17 @@ class ClassifyConfig(TrainConfig):
         super().__post_init__()
 
     def problems(self) -> list[str]:
-        even = self.mix not in ("mixup", "cutmix") or self.batch_size % 2 == 0
-        return super().problems() + ([] if even else ["--mix mixup/cutmix needs an even --batch-size (timm's Mixup)"])
+        from .shifts import parse_shifts
+
+        problems = super().problems()
+        if self.mix in ("mixup", "cutmix") and self.batch_size % 2:
+            problems.append("--mix mixup/cutmix needs an even --batch-size (timm's Mixup)")
+        try:
+            if parse_shifts(self.val_shift) and not self.val:
+                problems.append("--val-shift needs --val (the set it shifts)")
+        except ValueError as exc:
+            problems.append(str(exc))
+        return problems
 
 
 @dataclass

@@ -145,6 +145,9 @@ class DetectionTask:
         return DataLoader(EvalStream(val_set, decoder, dist.rank, dist.world, args.max_bad),
                           batch_size=args.batch_size, num_workers=args.workers)
 
+    def shifted_val_loaders(self, args, dist: DistInfo, labels: list[str]) -> dict[str, DataLoader]:
+        return {}  # --val-shift is a classification flag
+
     def evaluate(self, model: torch.nn.Module, loader, dist: DistInfo, labels: list[str]) -> dict:
         return coco_evaluate(model, loader, dist, self.categories)
 

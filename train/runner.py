@@ -48,6 +48,7 @@ class Task(Protocol):
     def train_decoder(self, args) -> Any: ...
     def phase_parts(self, args, num_classes: int) -> dict: ...
     def val_loader(self, args, dist: DistInfo, labels: list[str]) -> DataLoader | None: ...
+    def shifted_val_loaders(self, args, dist: DistInfo, labels: list[str]) -> dict[str, DataLoader]: ...
     def evaluate(self, model: torch.nn.Module, loader, dist: DistInfo, labels: list[str]) -> dict: ...
 
 
@@ -168,6 +169,7 @@ class Setup:
     ddp_model: torch.nn.Module
     ema: ModelEmaV3 | None
     val_loader: DataLoader | None
+    shifted: dict[str, DataLoader]  # --val-shift copies of the validation set, by metric suffix
 
 
 def _setup(args: TrainConfig, dist: DistInfo, out: Path, task: Task) -> Setup:
@@ -190,7 +192,8 @@ def _setup(args: TrainConfig, dist: DistInfo, out: Path, task: Task) -> Setup:
         model = model.to(memory_format=torch.channels_last)
     ddp_model = DistributedDataParallel(model) if dist.world > 1 else model
     ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
-    return Setup(shard_set, labels, steps, model, ddp_model, ema, task.val_loader(args, dist, labels))
+    return Setup(shard_set, labels, steps, model, ddp_model, ema, task.val_loader(args, dist, labels),
+                 task.shifted_val_loaders(args, dist, labels))
 
 
 def _resume(args: TrainConfig, out: Path, setup: Setup) -> tuple[dict | None, dict]:
@@ -217,7 +220,8 @@ def _restore_phase(ctx: StepContext, state: dict) -> None:
 def _train(args: TrainConfig, dist: DistInfo, out: Path, task: Task) -> dict:
     setup = _setup(args, dist, out, task)
     state, position = _resume(args, out, setup)
-    epoch_log = EpochLog(out, RUN_FIELDS + task.metric_names) if dist.is_main else None
+    shift_fields = tuple(f"top1_{name}" for name in setup.shifted)
+    epoch_log = EpochLog(out, RUN_FIELDS + task.metric_names + shift_fields) if dist.is_main else None
     val: dict = {}
     try:
         for phase_index in range(position["phase"], len(PHASES)):
@@ -227,7 +231,7 @@ def _train(args: TrainConfig, dist: DistInfo, out: Path, task: Task) -> dict:
     finally:
         if epoch_log is not None:
             epoch_log.close()
-    summary = {**{k: val.get(k) for k in task.summary_metrics}, "task": task.name, "model": args.model,
+    summary = {**{k: val.get(k) for k in task.summary_metrics + shift_fields}, "task": task.name, "model": args.model,
                "epochs": args.epochs, "finetune_epochs": args.finetune_epochs, "world_size": dist.world,
                "batch_size": args.batch_size, "steps_per_epoch": setup.steps, "train_samples": setup.shard_set.samples,
                "classes": setup.labels, "settings": dataclasses.asdict(args)}
@@ -264,7 +268,9 @@ def _run_phase(args: TrainConfig, dist: DistInfo, out: Path, task: Task, setup: 
         done = epoch + 1 == epochs
         evaluate_now = setup.val_loader is not None and (done or (epoch + 1) % args.eval_every == 0)
         eval_model = setup.ema.module if setup.ema is not None else setup.model
-        val = task.evaluate(eval_model, setup.val_loader, dist, setup.labels) if evaluate_now else {}
+        val = {}
+        if evaluate_now:
+            val = _evaluate_all(task, eval_model, setup.val_loader, setup.shifted, dist, setup.labels)
         row = _epoch_row(phase, epoch, stats, ctx.optimizer.param_groups[0]["lr"], val, dist)
         save({"phase": phase_index + done, "epoch": 0 if done else epoch + 1, "step": 0})
         if epoch_log is not None:
@@ -287,13 +293,23 @@ def _save(out: Path, args: TrainConfig, labels: list[str], dist: DistInfo, model
     })
 
 
+def _evaluate_all(task: Task, model, loader, shifted: dict[str, DataLoader], dist: DistInfo, labels: list[str]) -> dict:
+    """Clean metrics, plus `top1_<shift>` for every shifted copy of the validation set."""
+    metrics = task.evaluate(model, loader, dist, labels)
+    for name, shifted_loader in shifted.items():
+        metrics[f"top1_{name}"] = task.evaluate(model, shifted_loader, dist, labels)["top1"]
+    return metrics
+
+
 def _evaluate_checkpoint(args: TrainConfig, dist: DistInfo, task: Task) -> dict:
     state = load_checkpoint(args.checkpoint)
     args = dataclasses.replace(args, model=state["args"]["model"], img_size=state["args"]["img_size"])
     model = task.build_model(args, state["args"]["num_classes"])
     model.load_state_dict(state.get("ema") or state["model"])
     model.to(dist.device)
-    metrics = task.evaluate(model, task.val_loader(args, dist, state["classes"]), dist, state["classes"])
+    labels = state["classes"]
+    metrics = _evaluate_all(task, model, task.val_loader(args, dist, labels),
+                            task.shifted_val_loaders(args, dist, labels), dist, labels)
     if dist.is_main:
         print(json.dumps({"checkpoint": str(args.checkpoint), **metrics}, sort_keys=True))
     return metrics
