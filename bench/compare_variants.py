@@ -116,6 +116,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--model", default="resnet18")
     p.add_argument("--shards", type=Path, default=None, help="an existing shard set of the training folder")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="only write WORK/train and the WORK/val-* slices (e.g. for bench/experiment.yaml)")
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
                    help="train only these arms (the table needs both; runs already in WORK/runs are reused)")
     args = p.parse_args(argv)
@@ -123,6 +125,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     prepare_folders(work, args.per_class)
+    if args.prepare_only:
+        print(f"prepared {work / 'train'} and {work / 'val-plain'}")
+        return
     shards = args.shards or work / "shards"
     if args.shards is None and not (shards / "manifest.json").exists():
         run([sys.executable, "pipeline/generate.py", "--source", f"imagefolder:{work / 'train'}", "--out", str(shards),
