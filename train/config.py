@@ -42,6 +42,9 @@ class TrainConfig:
     img_size: int = flag(32, "input size", check=lambda v: v >= 8, must=">= 8", group=DATA)
     batch_size: int = flag(64, "per rank", check=_positive, must="> 0", group=DATA)
     workers: int = flag(2, "loader workers per rank", check=_not_negative, must=">= 0", group=DATA)
+    threads: int = flag(0, "torch threads per rank on CPU (0: the CPUs this process may use, shared by the "
+                           "ranks on this node, minus the loader workers; at least 1)", check=_not_negative,
+                        must=">= 0", group=DATA)
     orig_prob: float = flag(0.5, "probability of the original instead of a repainted variant (main phase)",
                             check=lambda v: 0 <= v <= 1, must="in [0, 1]", group=DATA)
     max_bad: int = flag(50, "stop after this many bad samples/shards", check=_not_negative, must=">= 0",

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,12 +74,25 @@ def run(args: TrainConfig, task: Task) -> dict:
     args.channels_last = use_cuda if args.channels_last is None else args.channels_last
     logging.basicConfig(level=logging.INFO if dist.is_main else logging.WARNING,
                         format=f"%(asctime)s rank{dist.rank} %(name)s %(message)s")
+    if dist.device.type == "cpu":
+        _pick_threads(args)
     try:
         if args.eval_only:
             return _evaluate_checkpoint(args, dist, task)
         return _train(args, dist, Path(args.out), task)
     finally:
         cleanup()
+
+
+def _pick_threads(args: TrainConfig) -> None:
+    """Ranks x (threads + loader workers) should not oversubscribe the CPUs: that costs far more
+    than it gains (OpenMP threads spin while they wait)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    threads = args.threads or max(1, cpus // ranks_here - args.workers)
+    torch.set_num_threads(threads)
+    log.info("CPU: %d threads per rank (%s), %d loader workers, %d rank(s) on %d CPUs", threads,
+             "--threads" if args.threads else "picked", args.workers, ranks_here, cpus)
 
 
 def _verified(shard_set: ShardSet, dist: DistInfo) -> ShardSet:
