@@ -292,9 +292,9 @@ def verify_shard_set(path: str | os.PathLike, check_sha256: bool = True) -> list
         except (tarfile.TarError, ContractError, OSError) as exc:
             problems.append(ShardProblem(name, "unreadable", "a readable tar", f"error: {exc}"))
             continue
-        for what in ("samples", "first_key", "last_key"):
+        for what, label in (("samples", "sample count"), ("first_key", "first key"), ("last_key", "last key")):
             if found[what] != shard[what]:
-                problems.append(ShardProblem(name, f"{what.replace('_', ' ')} mismatch", shard[what], found[what]))
+                problems.append(ShardProblem(name, f"{label} mismatch", shard[what], found[what]))
         for key in found["keys"]:
             if key in seen:
                 problems.append(ShardProblem(name, "duplicate key", f"{key} only in {seen[key]}", "it here too"))

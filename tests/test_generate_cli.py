@@ -53,7 +53,8 @@ def test_malformed_coco_stops_the_job_naming_file_and_annotation(tmp_path, capsy
         "images": [{"id": 1, "file_name": "a.jpg", "width": 4, "height": 4}],
         "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [0, 0, -1, 2]}],
         "categories": [{"id": 1, "name": "x"}]}))
-    code = main(["--source", f"coco:{ann}:{tmp_path}", "--out", str(tmp_path / "out")])
+    (tmp_path / "images").mkdir()
+    code = main(["--source", f"coco:{ann}:{tmp_path / 'images'}", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 1 and f"{ann}: annotation id 5: bbox has negative width or height" in err
     assert not (tmp_path / "out").exists()

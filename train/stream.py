@@ -226,6 +226,7 @@ class EvalStream(IterableDataset):
         mine = self.shard_set.shards[self.rank * n_workers + worker::self.world * n_workers]
         bad = BadSamples(self.max_bad)
         expected = {s.url: s.samples for s in mine}
+        held = None  # one item held back, so bad shards after the last good sample are still counted
         for sample in counted_samples(iter(expected), expected, bad):
             try:
                 name = choose_field(sample, 0, 0, 1.0, use_variants=False)
@@ -233,4 +234,8 @@ class EvalStream(IterableDataset):
             except (ValueError, ContractError) as exc:
                 bad.add(sample.get("__url__", "?"), sample.get("__key__", "?"), str(exc))
                 continue
-            yield *item, bad.take()
+            if held is not None:
+                yield *held, bad.take()
+            held = item
+        if held is not None:  # (a worker whose every shard is bad has no sample to carry the count: logged only)
+            yield *held, bad.take()
