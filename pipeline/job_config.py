@@ -10,6 +10,8 @@ from pathlib import Path
 from manifests.flags import build_parser, flag, invalid_flags
 from manifests.imageio import DEFAULT_MAX_PIXELS
 
+from .repaint.config import HUE_MODES
+
 DEMO_STEPS = 300
 REPAINTER = "repainter (with --variants > 0)"
 
@@ -60,6 +62,9 @@ class GenerateConfig:
     variant_latent: str = flag("prior", "z of each variant: prior (N(0, I): new textures and colours) | "
                                         "posterior (E of the original: variations near its own look)",
                                group=REPAINTER, choices=("prior", "posterior"))
+    variant_hue: str = flag("none", "after painting, rotate each variant's hues by seeded angles: none | image "
+                                    "(one angle) | region (one per region: colours beyond the learned palette)",
+                            group=REPAINTER, choices=HUE_MODES)
     task_model: str = flag("resnet18", "timm model of the proxy task T", group=REPAINTER)
     task_loss: bool = flag(True, "E/G without the task loss (the paper's ablation)", group=REPAINTER)
     task_weight: float = flag(1.0, "weight of the task loss for E/G", check=lambda v: v > 0, must="> 0",
@@ -144,8 +149,8 @@ class GenerateConfig:
         keep = ["variants", "samples_per_shard", "seed", "max_side", "limit", "max_pixels", "shuffle"]
         if self.variants > 0:  # the repainter's own weights enter through its sha256 (job.py)
             keep += ["repainter_steps", "repaint_size", "segmenter", "repaint_fraction", "variant_latent",
-                     "task_model", "task_loss", "task_weight", "task_warmup", "region_keep_prob", "repainter_images",
-                     "repainter_batch", "train_workers", "repainter_norm"]
+                     "variant_hue", "task_model", "task_loss", "task_weight", "task_warmup", "region_keep_prob",
+                     "repainter_images", "repainter_batch", "train_workers", "repainter_norm"]
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 

@@ -162,6 +162,8 @@ def test_all_ranks_skip_a_non_finite_step_together():
     (["--shards", "x", "--finetune-lr", "0"], "invalid value for --finetune-lr 0.0: must be > 0"),
     (["--shards", "x", "--val", "v", "--val-shift", "sepia"], "--val-shift 'sepia': unknown shift"),
     (["--shards", "x", "--val-shift", "gray"], "--val-shift needs --val"),
+    (["--shards", "x", "--hue-jitter", "0.7"], "invalid value for --hue-jitter 0.7: must be in [0, 0.5]"),
+    (["--shards", "x", "--grayscale-prob", "2"], "invalid value for --grayscale-prob 2.0: must be in [0, 1]"),
 ])
 def test_wrong_flags_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -217,3 +219,20 @@ def test_eval_every_validates_only_on_those_epochs_and_at_the_end(demo_shards, t
                        "--eval-every", "2", "--out", str(run)]))
     rows = [(r["phase"], r["epoch"], r["top1"] != "") for r in _rows(run)]
     assert rows == [("train", "0", False), ("train", "1", True), ("train", "2", True), ("finetune", "0", True)]
+
+
+def test_colour_jitter_flags_reach_the_training_transform():
+    from torchvision import transforms
+
+    from train.classification import ClassificationTask
+
+    def parts(argv):
+        transform = ClassificationTask().train_decoder(parse_args(["--shards", "x", *argv])).transform
+        return {type(t): t for t in transform.transforms}
+
+    plain = parts([])
+    assert plain[transforms.ColorJitter].hue is None and transforms.RandomGrayscale not in plain
+    jittered = parts(["--color-jitter", "0.4", "--hue-jitter", "0.25", "--grayscale-prob", "0.2"])
+    assert jittered[transforms.ColorJitter].hue == (-0.25, 0.25)
+    assert jittered[transforms.ColorJitter].saturation == (0.6, 1.4)
+    assert jittered[transforms.RandomGrayscale].p == 0.2

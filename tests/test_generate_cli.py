@@ -34,6 +34,7 @@ main = _generate.main
     (["--repainter", "/nonexistent/r.pt"], "--repainter /nonexistent/r.pt: file not found"),
     (["--repainter-steps", "0"], "--repainter-steps 0 needs --repainter CKPT"),
     (["--variant-latent", "uniform"], "invalid value for --variant-latent uniform: must be one of prior, posterior"),
+    (["--variant-hue", "all"], "invalid value for --variant-hue all: must be one of none, image, region"),
     (["--repainter-norm", "group"], "--repainter-norm group: must be one of instance, batch, syncbatch"),
     (["--max-side", "4"], "invalid value for --max-side 4: must be >= 8"),
     (["--repainter-norm", "syncbatch"], "--repainter-norm syncbatch needs GPUs"),

@@ -90,3 +90,41 @@ def test_bad_checkpoints_and_sizes_are_named(checkpoint, tmp_path):
         load_repainter(tmp_path / "missing.pth")
     with pytest.raises(ValueError, match="--repaint-size 30 must be a multiple of 8"):
         Repaint(checkpoint[0], FelzenszwalbSegmenter(), variants=1, seed=0, repaint_size=30)
+
+
+def test_region_hues_rotate_per_region_and_keep_saturation_and_value():
+    from skimage.color import rgb2hsv
+
+    from pipeline.repaint.paint import rotate_hues
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(40, 220, (8, 8, 3), dtype=np.uint8)
+    labels = np.repeat(np.arange(4), 16).reshape(8, 8)  # four horizontal bands
+    assert rotate_hues(pixels, labels, "none", 5) is pixels
+    region, image = rotate_hues(pixels, labels, "region", 5), rotate_hues(pixels, labels, "image", 5)
+    assert np.array_equal(region, rotate_hues(pixels, labels, "region", 5))
+    assert not np.array_equal(region, rotate_hues(pixels, labels, "region", 6))
+    before, after = rgb2hsv(pixels), rgb2hsv(region)
+    assert np.abs(after[..., 2] - before[..., 2]).max() < 0.01  # value kept (up to uint8 rounding)
+    shift = (after[..., 0] - before[..., 0]) % 1.0
+    saturated = before[..., 1] > 0.3  # hue is defined (and survives rounding) only where there is colour
+
+    def spread(shifts):  # largest circular distance from the first shift, in turns of the colour wheel
+        d = np.abs(shifts - shifts[0]) % 1.0
+        return float(np.minimum(d, 1 - d).max())
+
+    bands = [shift[(labels == b) & saturated] for b in range(4)]
+    assert all(spread(band) < 0.03 for band in bands)  # one angle per region ...
+    assert spread(np.array([band[0] for band in bands])) > 0.05  # ... and not the same one
+    assert spread(((rgb2hsv(image)[..., 0] - before[..., 0]) % 1.0)[saturated]) < 0.03  # one angle in all
+
+
+def test_variant_hue_reaches_the_paintings(checkpoint):
+    image = _image()
+    make = lambda hue: Repaint(checkpoint[0], FelzenszwalbSegmenter(), variants=2, seed=1,  # noqa: E731
+                               repaint_size=32, hue=hue)(image, "k-1", {})
+    plain, region = make("none"), make("region")
+    assert plain["seg.png"] == region["seg.png"] and plain["rp0.jpg"] != region["rp0.jpg"]
+    assert region == make("region")
+    with pytest.raises(ValueError, match="variant hue 'all': expected one of none, image, region"):
+        make("all")

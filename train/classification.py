@@ -72,8 +72,10 @@ class ClassificationTask:
         return timm.create_model(args.model, pretrained=False, num_classes=num_classes)
 
     def train_decoder(self, args) -> ClassificationDecoder:
+        """timm's training transform; colour jitter applies to originals and variants alike."""
+        jitter = (args.color_jitter,) * 3 + (args.hue_jitter,)
         return ClassificationDecoder(create_transform(args.img_size, is_training=True, scale=tuple(args.scale),
-                                                      color_jitter=0.0))
+                                                      color_jitter=jitter, grayscale_prob=args.grayscale_prob))
 
     def phase_parts(self, args, num_classes: int) -> dict:
         """Mixer and loss of one phase; a fresh mixer per phase keeps its generator's draws per phase."""

@@ -103,6 +103,14 @@ class ClassifyConfig(TrainConfig):
     scale: tuple[float, float] = flag((0.35, 1.0), "random-resized-crop scale",
                                       check=lambda v: 0 < v[0] <= v[1] <= 1, must="0 < MIN <= MAX <= 1",
                                       group=DATA)
+    color_jitter: float = flag(0.0, "brightness, contrast and saturation jitter of training images (timm's "
+                                    "ColorJitter strength; 0: off)", check=_not_negative, must=">= 0",
+                               group=DATA)
+    hue_jitter: float = flag(0.0, "hue jitter of training images, a fraction of the colour wheel each way "
+                                  "(0.25: up to 90 degrees; 0: off)", check=lambda v: 0 <= v <= 0.5,
+                             must="in [0, 0.5]", group=DATA)
+    grayscale_prob: float = flag(0.0, "probability that a training image is turned to grayscale",
+                                 check=lambda v: 0 <= v <= 1, must="in [0, 1]", group=DATA)
     smoothing: float = flag(0.0, "label smoothing", check=lambda v: 0 <= v < 1, must="in [0, 1)", group=MODEL)
     mix: str = flag("sage", "online mixing of the main phase: " + " | ".join(MIX_MODES), choices=MIX_MODES,
                     group=MIX)

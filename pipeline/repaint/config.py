@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+HUE_MODES = ("none", "image", "region")  # --variant-hue: what `paint.rotate_hues` rotates
+
 
 @dataclass
 class RepainterConfig:

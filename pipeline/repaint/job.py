@@ -134,5 +134,6 @@ def start_painters(cfg: GenerateConfig, checkpoint: Path) -> list:
                        max_task_retries=cfg.max_retries)(ShardPainter)
     args = {"checkpoint": str(checkpoint), "segmenter": cfg.segmentation, "variants": cfg.variants,
             "seed": cfg.seed, "repaint_size": cfg.repaint_size, "fraction": cfg.repaint_fraction,
-            "latent": cfg.variant_latent, "keep_prob": cfg.region_keep_prob}
+            "latent": cfg.variant_latent, "keep_prob": cfg.region_keep_prob,
+            "hue": cfg.variant_hue}
     return [actor.remote(args, cfg.gpus > 0) for _ in range(cfg.workers)]

@@ -3,8 +3,9 @@
 Per record: segment -> label channels -> E's style code of each region -> per variant, from a seed
 derived from (seed, key, variant), each region takes a new code from the prior N(0, I) or, with
 probability `keep_prob`, a sample of its own (`nets.variant_codes`, exactly as in training, so these
-are paintings D was trained to judge) -> G paints at `repaint_size` -> resized back to the stored
-size, so the original's boxes stay valid for every variant. The label map is stored too (`seg.png`,
+are paintings D was trained to judge) -> G paints at `repaint_size` -> optionally, each region's hue
+is rotated by its own seeded angle (`--variant-hue region`, see `rotate_hues`) -> resized back to the
+stored size, so the original's boxes stay valid for every variant. The label map is stored too (`seg.png`,
 16-bit), so a shard set can be repainted without segmenting.
 """
 
@@ -18,13 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from skimage.color import hsv2rgb, rgb2hsv
 
 from manifests import encode_image
 from manifests.contract import derive_seed
 from manifests.imageio import encode_label_map
 from manifests.manifest import atomic_write_bytes
 
-from .config import RepainterConfig
+from .config import HUE_MODES, RepainterConfig
 from .data import resize_pair, to_model_inputs
 from .nets import Generator, RegionEncoder, build_encoder, build_generator, reparameterize, variant_codes
 
@@ -80,6 +82,23 @@ def paint_variants(encoder: RegionEncoder, generator: Generator, cfg: RepainterC
     return generator(torch.cat(codes), labels.repeat(len(seeds), 1, 1, 1))
 
 
+def rotate_hues(pixels: np.ndarray, labels: np.ndarray, mode: str, seed: int) -> np.ndarray:
+    """Rotate the hue of a painting (uint8 HxWx3) by seeded angles: one per label id (`region`) or
+    one for the whole image (`image`); saturation and value stay, so do the painted shapes and textures.
+
+    Why: G paints from the palette it learned of its training images (CIFAR-10's browns, greys and
+    sky blues), so its variants change colours within that palette and a classifier still meets no
+    rotated hue. The rotation is not learned: it spreads the regions' colours over the colour wheel.
+    """
+    if mode == "none":
+        return pixels
+    angles = np.random.default_rng(seed).random(int(labels.max()) + 1)
+    shift = angles[labels] if mode == "region" else angles[0]
+    hsv = rgb2hsv(pixels)
+    hsv[..., 0] = (hsv[..., 0] + shift) % 1.0
+    return (hsv2rgb(hsv) * 255).round().clip(0, 255).astype(np.uint8)
+
+
 def is_repainted(seed: int, key: str, fraction: float) -> bool:
     """`--repaint-fraction`: a fixed, seeded subset of the keys gets variants."""
     return fraction >= 1.0 or variant_seed(seed, key, -1) / 2**63 < fraction
@@ -89,7 +108,8 @@ class Repaint:
     """The records hook: (image, key, meta) -> {"seg.png": ..., "rp0.jpg": ..., ...}."""
 
     def __init__(self, checkpoint: str | Path, segmenter, variants: int, seed: int, repaint_size: int = 64,
-                 fraction: float = 1.0, latent: str = "prior", keep_prob: float | None = None, device: str = "cpu"):
+                 fraction: float = 1.0, latent: str = "prior", keep_prob: float | None = None, hue: str = "none",
+                 device: str = "cpu"):
         self.cfg, self.encoder, self.generator, self.info = load_repainter(checkpoint)
         if keep_prob is not None:  # --region-keep-prob for painting; training used the checkpoint's own
             self.cfg.keep_prob = keep_prob
@@ -102,7 +122,9 @@ class Repaint:
         self.segmenter, self.variants, self.seed, self.size = segmenter, variants, seed, repaint_size
         if latent not in ("prior", "posterior"):
             raise ValueError(f"variant latent {latent!r}: expected prior or posterior")
-        self.fraction, self.latent = fraction, latent
+        if hue not in HUE_MODES:
+            raise ValueError(f"variant hue {hue!r}: expected one of {', '.join(HUE_MODES)}")
+        self.fraction, self.latent, self.hue = fraction, latent, hue
 
     @torch.no_grad()
     def paint(self, image: Image.Image, labels: np.ndarray, key: str) -> list[Image.Image]:
@@ -113,6 +135,7 @@ class Repaint:
         painted = paint_variants(self.encoder, self.generator, self.cfg, x.to(self.device),
                                  channels.to(self.device), seeds, self.latent)
         pixels = ((painted.permute(0, 2, 3, 1) + 1) * 127.5).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
+        pixels = [rotate_hues(p, small_labels, self.hue, seed) for p, seed in zip(pixels, seeds, strict=True)]
         return [Image.fromarray(p, "RGB").resize(image.size, Image.Resampling.BICUBIC) for p in pixels]
 
     def __call__(self, image: Image.Image, key: str, meta: dict) -> dict[str, bytes]:
