@@ -88,7 +88,7 @@ def _repaint_entries(cfg: GenerateConfig, info: dict | None) -> dict:
                       "trained_by_this_job": info["trained_by_this_job"], "training": info.get("training"),
                       "repaint_size": cfg.repaint_size, "repaint_fraction": cfg.repaint_fraction,
                       "variant_latent": cfg.variant_latent, "region_keep_prob": cfg.region_keep_prob,
-                      "variant_hue": cfg.variant_hue,
+                      "variant_hue": cfg.variant_hue, "variant_detail": cfg.variant_detail,
                       "file": "repainter/repainter.pt" if info["trained_by_this_job"] else None},
     }
 

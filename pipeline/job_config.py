@@ -65,6 +65,9 @@ class GenerateConfig:
     variant_hue: str = flag("none", "after painting, rotate each variant's hues by seeded angles: none | image "
                                     "(one angle) | region (one per region: colours beyond the learned palette)",
                             group=REPAINTER, choices=HUE_MODES)
+    variant_detail: float = flag(0.0, "after painting, replace this fraction of each variant's fine luminance "
+                                      "detail with the original's (1: the original's texture, new colours)",
+                                 check=lambda v: 0 <= v <= 1, must="in [0, 1]", group=REPAINTER, metavar="A")
     task_model: str = flag("resnet18", "timm model of the proxy task T", group=REPAINTER)
     task_loss: bool = flag(True, "E/G without the task loss (the paper's ablation)", group=REPAINTER)
     task_weight: float = flag(1.0, "weight of the task loss for E/G", check=lambda v: v > 0, must="> 0",
@@ -149,8 +152,8 @@ class GenerateConfig:
         keep = ["variants", "samples_per_shard", "seed", "max_side", "limit", "max_pixels", "shuffle"]
         if self.variants > 0:  # the repainter's own weights enter through its sha256 (job.py)
             keep += ["repainter_steps", "repaint_size", "segmenter", "repaint_fraction", "variant_latent",
-                     "variant_hue", "task_model", "task_loss", "task_weight", "task_warmup", "region_keep_prob",
-                     "repainter_images", "repainter_batch", "train_workers", "repainter_norm"]
+                     "variant_hue", "variant_detail", "task_model", "task_loss", "task_weight", "task_warmup",
+                     "region_keep_prob", "repainter_images", "repainter_batch", "train_workers", "repainter_norm"]
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 

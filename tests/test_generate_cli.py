@@ -35,6 +35,7 @@ main = _generate.main
     (["--repainter-steps", "0"], "--repainter-steps 0 needs --repainter CKPT"),
     (["--variant-latent", "uniform"], "invalid value for --variant-latent uniform: must be one of prior, posterior"),
     (["--variant-hue", "all"], "invalid value for --variant-hue all: must be one of none, image, region"),
+    (["--variant-detail", "2"], "invalid value for --variant-detail 2.0: must be in [0, 1]"),
     (["--repainter-norm", "group"], "--repainter-norm group: must be one of instance, batch, syncbatch"),
     (["--max-side", "4"], "invalid value for --max-side 4: must be >= 8"),
     (["--repainter-norm", "syncbatch"], "--repainter-norm syncbatch needs GPUs"),

@@ -128,3 +128,26 @@ def test_variant_hue_reaches_the_paintings(checkpoint):
     assert region == make("region")
     with pytest.raises(ValueError, match="variant hue 'all': expected one of none, image, region"):
         make("all")
+
+
+def test_detail_transfer_takes_fine_detail_from_the_original_and_colour_from_the_painting():
+    from skimage.filters import gaussian
+
+    from pipeline.repaint.paint import transfer_detail
+
+    rng = np.random.default_rng(1)
+    original = rng.integers(60, 200, (32, 32, 3), dtype=np.uint8)  # busy texture
+    painted = np.full((32, 32, 3), (150, 90, 60), np.uint8)  # flat colour
+    assert transfer_detail(painted, original, 0.0) is painted
+    out = transfer_detail(painted, original, 1.0).astype(float)
+    fine = lambda rgb: rgb.mean(-1) - gaussian(rgb.mean(-1), sigma=1, preserve_range=True)  # noqa: E731
+    added = out - painted  # the painting is flat: it has no detail of its own to give up
+    assert np.abs(added - fine(original.astype(float))[..., None]).max() <= 0.5  # the original's detail ...
+    assert np.abs(out.mean((0, 1)) - painted.mean((0, 1))).max() < 2.0  # ... in the painting's colour
+    half = transfer_detail(painted, original, 0.5).astype(float) - painted
+    assert 0.45 < np.abs(half).mean() / np.abs(added).mean() < 0.55
+
+
+def test_variant_detail_is_checked(checkpoint):
+    with pytest.raises(ValueError, match="variant detail 1.5: expected a fraction in"):
+        Repaint(checkpoint[0], FelzenszwalbSegmenter(), variants=1, seed=0, repaint_size=32, detail=1.5)

@@ -135,5 +135,5 @@ def start_painters(cfg: GenerateConfig, checkpoint: Path) -> list:
     args = {"checkpoint": str(checkpoint), "segmenter": cfg.segmentation, "variants": cfg.variants,
             "seed": cfg.seed, "repaint_size": cfg.repaint_size, "fraction": cfg.repaint_fraction,
             "latent": cfg.variant_latent, "keep_prob": cfg.region_keep_prob,
-            "hue": cfg.variant_hue}
+            "hue": cfg.variant_hue, "detail": cfg.variant_detail}
     return [actor.remote(args, cfg.gpus > 0) for _ in range(cfg.workers)]
