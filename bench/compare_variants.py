@@ -1,7 +1,7 @@
 """Do the repainted variants help a classifier? Originals only vs originals + variants, on CIFAR-10.
 
     python bench/compare_variants.py [--work DIR] [--per-class 200] [--seeds 0 1 2] [--epochs 15]
-        [--finetune-epochs 5] [--shards DIR] [-- extra generate.py flags]
+        [--finetune-epochs 5] [--shards DIR] [--train-flags="..." --tag T] [-- extra generate.py flags]
 
 1. From `../shared/data/cifar10/train.tar`: a training folder of the first `--per-class` images of
    each class, and a validation slice of the last 100 images of each class (1,000 images never
@@ -83,7 +83,7 @@ def run(cmd: list[str], log: Path) -> str:
 
 
 def train_arm(work: Path, shards: Path, arm: str, seed: int, args) -> dict[str, float]:
-    out = work / "runs" / f"{arm}-{seed}"
+    out = work / "runs" / f"{arm}{args.tag}-{seed}"
     out.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "last.pth"
     if not (out / "summary.json").exists():
@@ -92,14 +92,14 @@ def train_arm(work: Path, shards: Path, arm: str, seed: int, args) -> dict[str, 
              "--batch-size", "64", "--workers", "1", "--mix", "none", "--epochs", str(args.epochs),
              "--finetune-epochs", str(args.finetune_epochs), "--lr", str(args.lr), "--seed", str(seed),
              "--orig-prob", "1.0" if arm == "originals" else "0.5", "--eval-every", "100",
-             "--out", str(out), "--no-progress"], out.with_suffix(".log"))
+             "--out", str(out), "--no-progress", *args.train_flags.split()], out.with_suffix(".log"))
     top1 = {}
     for shift in SHIFTS:
         printed = run([sys.executable, "train/classify.py", "--eval-only", "--checkpoint", str(checkpoint),
                        "--val", str(work / f"val-{shift}"), "--workers", "1", "--no-progress"],
-                      work / "runs" / f"{arm}-{seed}-{shift}.log")
+                      out.parent / f"{out.name}-{shift}.log")
         top1[shift] = json.loads(printed.strip().splitlines()[-1])["top1"]
-    print(f"{arm} seed {seed}: " + ", ".join(f"{k} {v:.1f}" for k, v in top1.items()), flush=True)
+    print(f"{arm}{args.tag} seed {seed}: " + ", ".join(f"{k} {v:.1f}" for k, v in top1.items()), flush=True)
     return top1
 
 
@@ -120,6 +120,9 @@ def main() -> None:
                    help="only write WORK/train and the WORK/val-* slices (e.g. for bench/experiment.yaml)")
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
                    help="train only these arms (the table needs both; runs already in WORK/runs are reused)")
+    p.add_argument("--train-flags", default="",
+                   help='extra classify.py flags for every arm, given with "=": --train-flags="--hue-jitter 0.5"')
+    p.add_argument("--tag", default="", help="suffix of the run folders (WORK/runs/ARMTAG-SEED) and results file")
     args = p.parse_args(argv)
     work = (args.work or Path(tempfile.mkdtemp(prefix="compare_variants_"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -148,8 +151,10 @@ def main() -> None:
     summary = {"seeds": args.seeds, "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
                "model": args.model, "per_class": args.per_class, "top1": table,
                "repainter_quality": (manifest.get("repainter") or {}).get("quality")}
-    (work / "results.json").write_text(json.dumps(summary, indent=1))
-    print(f"results: {work / 'results.json'}")
+    summary.update(shards=str(shards), train_flags=args.train_flags)
+    results_file = work / f"results{args.tag}.json"
+    results_file.write_text(json.dumps(summary, indent=1))
+    print(f"results: {results_file}")
 
 
 if __name__ == "__main__":
