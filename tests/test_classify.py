@@ -162,6 +162,7 @@ def test_all_ranks_skip_a_non_finite_step_together():
     (["--shards", "x", "--finetune-lr", "0"], "invalid value for --finetune-lr 0.0: must be > 0"),
     (["--shards", "x", "--val", "v", "--val-shift", "sepia"], "--val-shift 'sepia': unknown shift"),
     (["--shards", "x", "--val-shift", "gray"], "--val-shift needs --val"),
+    (["--shards", "x", "--sage-loss", "bce"], "--sage-loss bce: must be one of official, ce"),
     (["--shards", "x", "--hue-jitter", "0.7"], "invalid value for --hue-jitter 0.7: must be in [0, 0.5]"),
     (["--shards", "x", "--grayscale-prob", "2"], "invalid value for --grayscale-prob 2.0: must be in [0, 1]"),
 ])
@@ -236,3 +237,15 @@ def test_colour_jitter_flags_reach_the_training_transform():
     assert jittered[transforms.ColorJitter].hue == (-0.25, 0.25)
     assert jittered[transforms.ColorJitter].saturation == (0.6, 1.4)
     assert jittered[transforms.RandomGrayscale].p == 0.2
+
+
+def test_sage_loss_flag_picks_the_loss_of_both_passes():
+    from timm.loss import SoftTargetCrossEntropy
+
+    from train.classification import ClassificationTask
+    from train.sage import softmax_bce
+
+    official = ClassificationTask().phase_parts(parse_args(["--shards", "x", "--mix", "sage"]), 10)
+    assert official["sage_loss"] == "official" and official["criterion"] is softmax_bce
+    ce = ClassificationTask().phase_parts(parse_args(["--shards", "x", "--mix", "sage", "--sage-loss", "ce"]), 10)
+    assert ce["sage_loss"] == "ce" and isinstance(ce["criterion"], SoftTargetCrossEntropy)

@@ -25,6 +25,7 @@ from train.sage import (
     sage_mix,
     saliency_from_grad,
     shift_images,
+    softmax_bce,
 )
 
 torch.set_num_threads(2)
@@ -248,24 +249,29 @@ def test_same_seed_same_output():
     assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
 
 
-@pytest.mark.parametrize("update_ratio, use_scaler", [(0.0, False), (0.5, False), (1.0, False), (0.5, True)])
-def test_forward_backward_combines_clean_and_mixed_gradients(update_ratio, use_scaler):
+@pytest.mark.parametrize("update_ratio, use_scaler, loss", [
+    (0.0, False, "ce"), (0.5, False, "ce"), (1.0, False, "ce"), (0.5, True, "ce"), (0.5, False, "official")])
+def test_forward_backward_combines_clean_and_mixed_gradients(update_ratio, use_scaler, loss):
     gen = torch.Generator().manual_seed(2)
     x, target = torch.randn(8, 3, 16, 16, generator=gen), torch.randint(0, 10, (8,), generator=gen)
-    criterion = SoftTargetCrossEntropy()
+    criterion = softmax_bce if loss == "official" else SoftTargetCrossEntropy()
     model = _tiny_cnn(batchnorm=True)
     by_hand = copy.deepcopy(model)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0) if use_scaler else None
     mixer = SageMix(num_classes=10, rand_pos=0.2, generator=torch.Generator().manual_seed(9))
-    stats = sage_forward_backward(model, criterion, x, target, mixer, update_ratio, 10, scaler=scaler)
+    stats = sage_forward_backward(model, criterion, x, target, mixer, update_ratio, 10, scaler=scaler, loss=loss)
 
     params = list(by_hand.parameters())
     x_hand = x.clone().requires_grad_()
-    loss_clean = F.cross_entropy(by_hand(x_hand), target)
+    if loss == "official":  # the authors' code: BCELoss on the softmax against the one-hot, both passes
+        loss_clean = torch.nn.BCELoss()(by_hand(x_hand).softmax(1), F.one_hot(target, 10).float())
+    else:
+        loss_clean = F.cross_entropy(by_hand(x_hand), target)
     input_grad, *grad_clean = torch.autograd.grad(loss_clean, [x_hand, *params])
     mixed, soft = SageMix(num_classes=10, rand_pos=0.2, generator=torch.Generator().manual_seed(9))(
         x, target, input_grad)
-    loss_mix = criterion(by_hand(mixed), soft)
+    loss_mix = (torch.nn.BCELoss()(by_hand(mixed).softmax(1), soft) if loss == "official"
+                else criterion(by_hand(mixed), soft))
     grad_mix = torch.autograd.grad(loss_mix, params)
 
     factor = 1024.0 if use_scaler else 1.0

@@ -79,18 +79,21 @@ class ClassificationTask:
 
     def phase_parts(self, args, num_classes: int) -> dict:
         """Mixer and loss of one phase; a fresh mixer per phase keeps its generator's draws per phase."""
-        mixer = None
+        mixer, criterion = None, None
         if args.mix == "sage":
-            from .sage import SageMix
+            from .sage import SageMix, softmax_bce
 
             mixer = SageMix(num_classes=num_classes, alpha=args.sage_alpha, upper_lambda=args.upper_lambda,
                             rand_pos=args.rand_pos, label_smoothing=args.smoothing, generator=torch.Generator())
+            criterion = softmax_bce if args.sage_loss == "official" else None
         elif args.mix in ("mixup", "cutmix"):
             mixup, cutmix = (args.mixup_alpha, 0.0) if args.mix == "mixup" else (0.0, args.cutmix_alpha)
             mixer = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=args.smoothing,
                           num_classes=num_classes)
-        criterion = SoftTargetCrossEntropy() if mixer is not None else LabelSmoothingCrossEntropy(args.smoothing)
-        return {"mix": args.mix, "mixer": mixer, "criterion": criterion, "update_ratio": args.update_ratio}
+        if criterion is None:
+            criterion = SoftTargetCrossEntropy() if mixer is not None else LabelSmoothingCrossEntropy(args.smoothing)
+        return {"mix": args.mix, "mixer": mixer, "criterion": criterion, "update_ratio": args.update_ratio,
+                "sage_loss": args.sage_loss}
 
     def val_loader(self, args, dist: DistInfo, labels: list[str], shift: tuple[str, int] | None = None
                    ) -> DataLoader | None:

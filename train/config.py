@@ -121,6 +121,9 @@ class ClassifyConfig(TrainConfig):
                                group=MIX)
     rand_pos: float = flag(0.01, "fraction of shifts SAGE tries", check=lambda v: 0 < v <= 1, must="in (0, 1]",
                            group=MIX)
+    sage_loss: str = flag("official", "loss of both SAGE passes: official (BCE on the softmax, as the authors' "
+                                      "code) | ce (cross-entropy; soft-target on the mixed batch)",
+                          choices=("official", "ce"), group=MIX)
     update_ratio: float = flag(0.5, "weight of the mixed batch's gradient", check=lambda v: 0 <= v <= 1,
                                must="in [0, 1]", group=MIX)
     val_shift: str = flag("", "also evaluate on shifted copies of --val: gray, hue, low_contrast, gaussian_noise, "

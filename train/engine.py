@@ -35,6 +35,7 @@ class StepContext:
     mix: str = "none"  # none | mixup | cutmix | sage
     mixer: Callable | None = None
     update_ratio: float = 0.0
+    sage_loss: str = "ce"  # official: BCE on the softmax for both SAGE passes (train/sage.py)
     loss_fn: Callable | None = None  # (model, x, target) -> loss, for models that compute their own loss
     scaler: torch.amp.GradScaler | None = None
     ema: Any = None
@@ -79,7 +80,8 @@ def _forward_backward(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> tor
         from .sage import sage_forward_backward
 
         out = sage_forward_backward(ctx.model, ctx.criterion, x, y, ctx.mixer, ctx.update_ratio,
-                                    ctx.num_classes, scaler=ctx.scaler, autocast=lambda: _autocast(ctx))
+                                    ctx.num_classes, scaler=ctx.scaler, autocast=lambda: _autocast(ctx),
+                                    loss=ctx.sage_loss)
         return torch.tensor([out["loss_clean"], out["loss_mix"]])
     if ctx.loss_fn is not None:
         with _autocast(ctx):

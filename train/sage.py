@@ -240,13 +240,24 @@ class SageMix:
         return mixed, weight * y1 + (1 - weight) * y1[perm]
 
 
+SAGE_LOSSES = ("official", "ce")
+
+
+def softmax_bce(logits: Tensor, soft_target: Tensor) -> Tensor:
+    """The official SAGE code's loss (inherited from Puzzle Mix): `BCELoss` on the softmax, averaged
+    over batch and classes. In float32: binary cross-entropy is not autocast-safe."""
+    return F.binary_cross_entropy(logits.float().softmax(dim=1), soft_target.float())
+
+
 def sage_forward_backward(model: torch.nn.Module, criterion: torch.nn.Module, x: Tensor, target: Tensor,
                           mixer: SageMix, update_ratio: float, num_classes: int,
                           scaler: torch.amp.GradScaler | None = None,
-                          autocast: Callable[[], AbstractContextManager] = nullcontext) -> dict[str, float]:
+                          autocast: Callable[[], AbstractContextManager] = nullcontext,
+                          loss: str = "ce") -> dict[str, float]:
     """One SAGE step's gradients, accumulated into ``.grad`` (no optimizer step).
 
-    The clean batch (hard-label cross-entropy) gives the saliency and contributes its parameter
+    The clean batch (hard-label cross-entropy; with ``loss="official"``, `softmax_bce` on its
+    smoothed one-hot, as the authors' code) gives the saliency and contributes its parameter
     gradients with weight 1 - update_ratio; the mixed batch (``criterion`` on soft targets) adds
     its gradients with weight update_ratio. Official: the weights are applied by scaling each loss
     before its backward, which leaves existing gradients alone; the input gradient is only
@@ -259,9 +270,12 @@ def sage_forward_backward(model: torch.nn.Module, criterion: torch.nn.Module, x:
     _check(mixer.num_classes == num_classes, "num_classes", f"equal to mixer.num_classes ({mixer.num_classes})",
            num_classes)
     scale = scaler.scale if scaler is not None else (lambda loss: loss)
+    _check(loss in SAGE_LOSSES, "loss", f"one of {SAGE_LOSSES}", loss)
     x = x.detach().requires_grad_()
     with autocast():
-        loss_clean = F.cross_entropy(model(x), target)
+        logits = model(x)
+        official = loss == "official"
+        loss_clean = softmax_bce(logits, mixer.one_hot(target)) if official else F.cross_entropy(logits, target)
     if update_ratio < 1:
         scale(loss_clean * (1 - update_ratio)).backward()
         input_grad = x.grad
