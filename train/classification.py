@@ -23,16 +23,23 @@ from .stream import EvalStream, ShardSet, open_shard_set, read_image, seed_augme
 class ClassificationDecoder:
     """sample -> (image tensor, class index); the classification trainer's sample decoder."""
 
-    def __init__(self, transform: Callable):
-        self.transform = transform
+    def __init__(self, transform: Callable, num_classes: int | None = None):
+        self.transform, self.num_classes = transform, num_classes
 
     def __call__(self, sample: dict, image_field: str, aug_seed: int | None) -> tuple:
         if "cls" not in sample:
             raise ValueError("no 'cls' field: this shard set has no class labels (a detection set?)")
+        raw = sample["cls"]
+        try:
+            label = int(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"cls {raw!r} is not a class index") from None
+        if label < 0 or (self.num_classes is not None and label >= self.num_classes):
+            raise ValueError(f"cls {label} is outside the set's {self.num_classes} classes")
         image = read_image(sample, image_field)
         if aug_seed is not None:
             seed_augmentation(aug_seed)
-        return self.transform(image), int(sample["cls"])
+        return self.transform(image), label
 
 
 class _SafeImageFolder(Dataset):
@@ -71,11 +78,12 @@ class ClassificationTask:
     def build_model(self, args, num_classes: int) -> torch.nn.Module:
         return timm.create_model(args.model, pretrained=False, num_classes=num_classes)
 
-    def train_decoder(self, args) -> ClassificationDecoder:
+    def train_decoder(self, args, labels: list[str] | None = None) -> ClassificationDecoder:
         """timm's training transform; colour jitter applies to originals and variants alike."""
         jitter = (args.color_jitter,) * 3 + (args.hue_jitter,)
-        return ClassificationDecoder(create_transform(args.img_size, is_training=True, scale=tuple(args.scale),
-                                                      color_jitter=jitter, grayscale_prob=args.grayscale_prob))
+        transform = create_transform(args.img_size, is_training=True, scale=tuple(args.scale), color_jitter=jitter,
+                                     grayscale_prob=args.grayscale_prob)
+        return ClassificationDecoder(transform, len(labels) if labels else None)
 
     def phase_parts(self, args, num_classes: int) -> dict:
         """Mixer and loss of one phase; a fresh mixer per phase keeps its generator's draws per phase."""
@@ -107,7 +115,8 @@ class ClassificationTask:
             val_set = open_shard_set(args.val)
             if labels and val_set.classes != labels:
                 raise ValueError(f"{args.val}: classes {val_set.classes} differ from the model's {labels}")
-            dataset = EvalStream(val_set, ClassificationDecoder(transform), dist.rank, dist.world, args.max_bad)
+            dataset = EvalStream(val_set, ClassificationDecoder(transform, len(labels) or None), dist.rank,
+                                 dist.world, args.max_bad)
         else:
             folder = _SafeImageFolder(args.val, transform, labels)
             dataset = Subset(folder, range(dist.rank, len(folder), dist.world))  # each image exactly once

@@ -127,7 +127,7 @@ class DetectionTask:
                                    pretrained_backbone=False, image_size=(args.img_size, args.img_size),
                                    bench_labeler=True)
 
-    def train_decoder(self, args) -> DetectionDecoder:
+    def train_decoder(self, args, labels: list[str] | None = None) -> DetectionDecoder:
         return DetectionDecoder(args.img_size, train=True, max_boxes=args.max_boxes)
 
     def phase_parts(self, args, num_classes: int) -> dict:
