@@ -121,6 +121,9 @@ def decode_image(
         notes: list[str] = []
         if img.format == "PNG" and _is_16bit_per_channel(img):
             notes.append("16-bit per channel reduced to 8-bit")
+        frames = getattr(img, "n_frames", 1)  # animated GIF/PNG/WebP, multi-page TIFF
+        if frames > 1:
+            notes.append(f"{frames} frames: only the first kept")
         try:
             img.load()
             orientation = img.getexif().get(0x0112, 1) if _may_carry_orientation(img) else 1

@@ -67,3 +67,16 @@ def test_plain_rgb_files_are_unchanged():
 def test_pixel_cap_is_configurable():
     with pytest.raises(ImageDecodeError, match="above the cap of 100"):
         decode_image(png_bytes(), "small.png", max_pixels=100)
+
+
+def test_an_animated_image_keeps_its_first_frame_and_says_so():
+    import io
+
+    from PIL import Image
+
+    frames = [Image.new("RGB", (6, 4), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="PNG", save_all=True, append_images=frames[1:])  # an APNG
+    decoded = decode_image(buffer.getvalue(), "animated.png")
+    assert decoded.notes == ["3 frames: only the first kept"] and not decoded.unchanged
+    assert decoded.image.getpixel((0, 0)) == (255, 0, 0)
