@@ -41,10 +41,11 @@ class DecodedImage:
 
 
 def _is_16bit_per_channel(img: Image.Image) -> bool:
-    # Pillow reads 48/64-bit PNGs as 8-bit RGB(A) without saying so; the raw mode tells.
+    # Pillow reads 48/64-bit PNGs and TIFFs as 8-bit RGB(A) without saying so; the raw mode tells.
     raw_modes = [tile[3] for tile in getattr(img, "tile", []) if len(tile) > 3]
     raw_modes = [m[0] if isinstance(m, tuple) else m for m in raw_modes]
-    return any(isinstance(m, str) and m.endswith(";16B") and m.startswith("RGB") for m in raw_modes)
+    # PNG: "RGB;16B"; TIFF: "RGB;16L", "RGB;16B", "RGBA;16N" ...
+    return any(isinstance(m, str) and m.startswith("RGB") and ";16" in m for m in raw_modes)
 
 
 _ORIENTATION_SOURCES = ("exif", "Raw profile type exif", "xmp", "XML:com.adobe.xmp")
@@ -119,7 +120,7 @@ def decode_image(
         if width == 0 or height == 0:
             raise ImageDecodeError(name, f"declares an empty size {width}x{height}")
         notes: list[str] = []
-        if img.format == "PNG" and _is_16bit_per_channel(img):
+        if _is_16bit_per_channel(img):
             notes.append("16-bit per channel reduced to 8-bit")
         frames = getattr(img, "n_frames", 1)  # animated GIF/PNG/WebP, multi-page TIFF
         if frames > 1:

@@ -80,3 +80,25 @@ def test_an_animated_image_keeps_its_first_frame_and_says_so():
     decoded = decode_image(buffer.getvalue(), "animated.png")
     assert decoded.notes == ["3 frames: only the first kept"] and not decoded.unchanged
     assert decoded.image.getpixel((0, 0)) == (255, 0, 0)
+
+
+def _tiff_48bit(width: int = 4, height: int = 2) -> bytes:
+    """A minimal uncompressed little-endian TIFF with 16 bits per RGB channel (Pillow cannot write one)."""
+    import struct
+
+    pixels = (np.arange(width * height * 3, dtype="<u2") * 5000).tobytes()
+    tags = [(256, 3, 1, width), (257, 3, 1, height), (258, 3, 3, None), (259, 3, 1, 1), (262, 3, 1, 2),
+            (273, 4, 1, None), (277, 3, 1, 3), (278, 3, 1, height), (279, 4, 1, len(pixels)), (284, 3, 1, 1)]
+    bits_at = 8 + 2 + 12 * len(tags) + 4
+    offsets = {258: bits_at, 273: bits_at + 6}
+    ifd = struct.pack("<H", len(tags))
+    for tag, kind, count, value in tags:
+        value = offsets.get(tag, value)
+        ifd += struct.pack("<HHIHH", tag, kind, count, value, 0) if kind == 3 and count == 1 else \
+            struct.pack("<HHII", tag, kind, count, value)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + struct.pack("<HHH", 16, 16, 16) + pixels
+
+
+def test_a_48bit_tiff_is_reduced_with_a_note():
+    decoded = decode_image(_tiff_48bit(), "deep.tif")
+    assert decoded.image.mode == "RGB" and "16-bit per channel reduced to 8-bit" in decoded.notes
