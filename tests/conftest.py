@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import shutil
@@ -16,6 +17,13 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# One private temp folder for the session, removed at exit: what the tests' subprocesses leave in the
+# temp dir (torchrun's torchelastic_* folders, an embedded Ray's session folders, which Ray puts under
+# $TMPDIR/ray) goes there instead of /tmp. Short, because Ray's socket paths are limited.
+_SESSION_TMP = tempfile.mkdtemp(prefix="rs", dir="/tmp")
+os.environ["TMPDIR"] = _SESSION_TMP
+tempfile.tempdir = None  # re-read TMPDIR
+atexit.register(shutil.rmtree, _SESSION_TMP, ignore_errors=True)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
