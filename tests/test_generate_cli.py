@@ -65,3 +65,13 @@ def test_malformed_coco_stops_the_job_naming_file_and_annotation(tmp_path, capsy
 def test_missing_image_folder_is_named(tmp_path, capsys):
     assert main(["--source", f"imagefolder:{tmp_path / 'nope'}", "--out", str(tmp_path / "o")]) == 1
     assert f"{tmp_path / 'nope'}: not a directory" in capsys.readouterr().err
+
+
+def test_post_painting_options_decide_the_shards_bytes():
+    """--variant-hue and --variant-detail change the variants, so a resume with other values is refused."""
+    from pipeline.job_config import GenerateConfig
+
+    base = GenerateConfig(source="demo:8:32").output_settings()
+    assert base["variant_hue"] == "none" and base["variant_detail"] == 0.0
+    assert GenerateConfig(source="demo:8:32", variant_hue="region").output_settings() != base
+    assert GenerateConfig(source="demo:8:32", variant_detail=0.5).output_settings() != base

@@ -183,6 +183,6 @@ def test_a_class_index_outside_the_set_is_a_bad_sample_naming_shard_and_key(tmp_
     decode = ClassificationDecoder(_to_tensor, num_classes=1)  # every class index above 0 is out of range
     with pytest.raises(RuntimeError, match=r"shard-000000\.tar.*demo-\d+.*cls \d is outside the set's 1 classes"):
         list(EvalStream(open_shard_set(root), decode, rank=0, world=1, max_bad=0))
-    for raw, message in ((b"-1", "cls -1 is outside"), (b"ten", "cls b'ten' is not a class index")):
+    for raw, message in ((b"-1", "cls -1 is negative"), (b"ten", "cls b'ten' is not a class index")):
         with pytest.raises(ValueError, match=message):
             ClassificationDecoder(_to_tensor, num_classes=10)({"cls": raw, "png": b""}, "png", None)

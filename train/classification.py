@@ -34,7 +34,9 @@ class ClassificationDecoder:
             label = int(raw)
         except (TypeError, ValueError):
             raise ValueError(f"cls {raw!r} is not a class index") from None
-        if label < 0 or (self.num_classes is not None and label >= self.num_classes):
+        if label < 0:
+            raise ValueError(f"cls {label} is negative")
+        if self.num_classes is not None and label >= self.num_classes:
             raise ValueError(f"cls {label} is outside the set's {self.num_classes} classes")
         image = read_image(sample, image_field)
         if aug_seed is not None:
