@@ -68,7 +68,7 @@ def show(path: str) -> int:
                      f"  fraction {r['repaint_fraction']}")
         lines += _quality_lines(r.get("quality") or {})
     if m.get("preview"):
-        lines.append(f"preview     {manifest_path(path).parent / m['preview']}")
+        lines.append(f"preview     {str(manifest_path(path)).rsplit('/', 1)[0]}/{m['preview']}")
     print("\n".join(lines))
     return 0
 

@@ -31,7 +31,7 @@ ORIGINAL_FIELDS = ("jpg", "png")
 ALLOWED_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "json", "cls", "txt"})
 FORBIDDEN_EXTENSIONS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "npy", "npz", "mp"})
 
-ALLOWED_URL_SCHEMES = ("file", "http", "https")
+ALLOWED_URL_SCHEMES = ("file", "http", "https", "s3")
 
 # Every random draw for a sample comes from this rule, so output is independent of worker count.
 SEED_RULE = "sha256(':'.join(map(str, (seed, key, variant, ...))))[:8] as little-endian uint64, >> 1"

@@ -11,7 +11,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
 from .contract import (
@@ -24,6 +24,7 @@ from .contract import (
     check_shard_url,
     split_member_name,
 )
+from .objectstore import ObjectStoreError, is_object_url, join_url, object_size, open_object, read_object
 
 
 class ManifestError(ValueError):
@@ -63,8 +64,10 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def manifest_path(path: str | os.PathLike) -> Path:
-    """Accept a shard-set folder or the manifest file itself."""
+def manifest_path(path: str | os.PathLike) -> Path | str:
+    """Accept a shard-set folder or the manifest file itself (an object-store URL stays a URL)."""
+    if is_object_url(path):
+        return str(path) if str(path).endswith(".json") else join_url(str(path), MANIFEST_NAME)
     path = Path(path)
     return path / MANIFEST_NAME if path.is_dir() else path
 
@@ -77,6 +80,8 @@ def write_manifest(directory: str | os.PathLike, manifest: dict) -> Path:
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
+    if is_object_url(path):
+        return load_manifest(path)[0]
     path = manifest_path(path)
     if not path.parent.is_dir():
         raise ManifestError(f"{path.parent}: no such folder (expected a shard-set folder or its manifest.json)")
@@ -184,6 +189,8 @@ def load_manifest(location: str | os.PathLike) -> tuple[dict, str]:
     """
     location = str(location)
     check_shard_url(location)
+    if is_object_url(location):
+        return _load_object_manifest(location)
     if not _is_remote(location):
         mpath = manifest_path(location)
         return read_manifest(mpath), str(mpath.parent)
@@ -193,6 +200,22 @@ def load_manifest(location: str | os.PathLike) -> tuple[dict, str]:
             manifest = json.loads(response.read())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ManifestError(f"{url}: cannot read the manifest: {exc}") from None
+    validate_manifest(manifest, url)
+    return manifest, url.rsplit("/", 1)[0]
+
+
+def _load_object_manifest(location: str) -> tuple[dict, str]:
+    url = manifest_path(location)
+    try:
+        data = read_object(url)
+    except ObjectStoreError as exc:
+        raise ManifestError(f"{url}: cannot read the manifest: {exc}") from None
+    if data is None:
+        raise ManifestError(f"{url}: no manifest here (expected {MANIFEST_NAME}; a job still running writes it last)")
+    try:
+        manifest = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ManifestError(f"{url}: not valid JSON: {exc}") from None
     validate_manifest(manifest, url)
     return manifest, url.rsplit("/", 1)[0]
 
@@ -210,7 +233,7 @@ def resolve_shard(base: str, name: str) -> str:
         if not name.startswith(base.rstrip("/") + "/"):
             raise ContractError(f"shard URL {name!r} is outside the shard set's own base {base!r}")
         return name
-    if _is_remote(base):
+    if _is_remote(base) or is_object_url(base):
         return f"{base}/{name}"
     path = Path(base) / name
     if not path.resolve().is_relative_to(Path(base).resolve()):  # a symlink out of the folder
@@ -218,10 +241,12 @@ def resolve_shard(base: str, name: str) -> str:
     return str(path)
 
 
-def iter_tar_samples(path: str | os.PathLike) -> Iterator[tuple[str, list[str]]]:
-    """Yield (key, fields) per sample, grouping consecutive members as webdataset does."""
+def iter_tar_samples(path: str | os.PathLike | BinaryIO) -> Iterator[tuple[str, list[str]]]:
+    """Yield (key, fields) per sample, grouping consecutive members as webdataset does. A stream
+    (an object store's body) is read once, front to back."""
     key, fields = None, []
-    with tarfile.open(path, mode="r:") as tar:
+    opened = tarfile.open(fileobj=path, mode="r|") if hasattr(path, "read") else tarfile.open(path, mode="r:")
+    with opened as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -235,7 +260,7 @@ def iter_tar_samples(path: str | os.PathLike) -> Iterator[tuple[str, list[str]]]
         yield key, fields
 
 
-def inspect_shard(path: str | os.PathLike) -> dict:
+def inspect_shard(path: str | os.PathLike | BinaryIO) -> dict:
     """Count samples of a shard and check its keys and fields; raises on an unreadable tar."""
     count, first, last, keys = 0, None, None, []
     for key, fields in iter_tar_samples(path):
@@ -260,37 +285,85 @@ class ShardProblem:
         return f"{self.shard}: {self.what}: expected {self.expected}, found {self.found}"
 
 
+class _HashingReader:
+    """Hashes what one front-to-back read of a stream sees, so an object is downloaded only once."""
+
+    def __init__(self, raw: BinaryIO):
+        self.raw, self.digest = raw, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.digest.update(data)
+        return data
+
+    def drain(self) -> str:
+        while self.read(1 << 20):
+            pass
+        return self.digest.hexdigest()
+
+
+Found = tuple[list[ShardProblem], dict | None]  # the problems, and what the tar holds when it could be read
+
+
+def _check_local_shard(name: str, file: Path, shard: dict, check_sha256: bool) -> Found:
+    if not file.exists():
+        return [ShardProblem(name, "missing", "a file", "nothing")], None
+    if not file.is_file():  # a FIFO or a folder: never opened
+        return [ShardProblem(name, "not a regular file", "a file", "something else")], None
+    problems = []
+    size = file.stat().st_size
+    if size != shard["bytes"]:
+        problems.append(ShardProblem(name, "size mismatch", f"{shard['bytes']} bytes", f"{size} bytes"))
+    if check_sha256 and (digest := sha256_file(file)) != shard["sha256"]:
+        problems.append(ShardProblem(name, "sha256 mismatch", shard["sha256"], digest))
+    return problems, _inspected(name, file, problems)
+
+
+def _inspected(name: str, source: Path | BinaryIO, problems: list[ShardProblem]) -> dict | None:
+    try:
+        return inspect_shard(source)
+    except (tarfile.TarError, ContractError, OSError) as exc:
+        problems.append(ShardProblem(name, "unreadable", "a readable tar", f"error: {exc}"))
+        return None
+
+
+def _check_object_shard(name: str, url: str, shard: dict, check_sha256: bool) -> Found:
+    size = object_size(url)
+    if size is None:
+        return [ShardProblem(name, "missing", "an object", f"nothing at {url}")], None
+    problems = []
+    if size != shard["bytes"]:
+        problems.append(ShardProblem(name, "size mismatch", f"{shard['bytes']} bytes", f"{size} bytes"))
+    with open_object(url) as body:
+        reader = _HashingReader(body)
+        found = _inspected(name, reader, problems)
+        digest = reader.drain()
+    if check_sha256 and digest != shard["sha256"]:
+        problems.append(ShardProblem(name, "sha256 mismatch", shard["sha256"], digest))
+    return problems, found
+
+
 def verify_shard_set(path: str | os.PathLike, check_sha256: bool = True) -> list[ShardProblem]:
-    """Check every local shard's size, sha256, sample count, first and last key, and that no key is
-    in two shards; return the problems found. A shard outside the set's folder is refused."""
-    mpath = manifest_path(path)
-    manifest = read_manifest(mpath)
+    """Check every shard's size, sha256, sample count, first and last key, and that no key is in two
+    shards; return the problems found. A shard outside the set's folder (or prefix) is refused."""
+    manifest, base = load_manifest(path)
     problems: list[ShardProblem] = []
     seen: dict[str, str] = {}
     for shard in manifest["shards"]:
         name = shard["name"]
         try:
-            file = Path(resolve_shard(str(mpath.parent), name))
+            where = resolve_shard(base, name)
         except ContractError as exc:
             problems.append(ShardProblem(name, "refused", "a shard inside the set's folder", str(exc)))
             continue
-        if not file.exists():
-            problems.append(ShardProblem(name, "missing", "a file", "nothing"))
-            continue
-        if not file.is_file():  # a FIFO or a folder: never opened
-            problems.append(ShardProblem(name, "not a regular file", "a file", "something else"))
-            continue
-        size = file.stat().st_size
-        if size != shard["bytes"]:
-            problems.append(ShardProblem(name, "size mismatch", f"{shard['bytes']} bytes", f"{size} bytes"))
-        if check_sha256:
-            digest = sha256_file(file)
-            if digest != shard["sha256"]:
-                problems.append(ShardProblem(name, "sha256 mismatch", shard["sha256"], digest))
         try:
-            found = inspect_shard(file)
-        except (tarfile.TarError, ContractError, OSError) as exc:
-            problems.append(ShardProblem(name, "unreadable", "a readable tar", f"error: {exc}"))
+            check = _check_object_shard if is_object_url(where) else _check_local_shard
+            found_problems, found = check(name, where if is_object_url(where) else Path(where), shard, check_sha256)
+        except OSError as exc:  # an object store that cannot be reached, credentials refused...
+            problems.append(ShardProblem(name, "unreadable", "a readable shard", f"error: {exc}"))
+            continue
+        problems += found_problems
+        if found is None:
             continue
         for what, label in (("samples", "sample count"), ("first_key", "first key"), ("last_key", "last key")):
             if found[what] != shard[what]:

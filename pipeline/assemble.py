@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from manifests.contract import FORMAT_NAME, FORMAT_VERSION, SEED_RULE
-from manifests.manifest import atomic_write_bytes, dumps_canonical
+from manifests.manifest import dumps_canonical
 
 from .job_config import GenerateConfig
 from .sources import Source
@@ -93,11 +93,14 @@ def _repaint_entries(cfg: GenerateConfig, info: dict | None) -> dict:
     }
 
 
-def write_timm_info(out: Path, manifest: dict) -> None:
+TIMM_INFO_NAME = "_info.json"
+
+
+def timm_info(manifest: dict) -> bytes:
     """`_info.json` in timm's wds layout, so `timm` reads the set with `--dataset wds/...`."""
     shards = manifest["shards"]
     info = {"name": manifest["source"]["kind"], "splits": {"train": {
         "name": "train", "num_samples": manifest["totals"]["samples"],
         "filenames": [s["name"] for s in shards], "shard_lengths": [s["samples"] for s in shards],
     }}}
-    atomic_write_bytes(out / "_info.json", dumps_canonical(info).encode())
+    return dumps_canonical(info).encode()

@@ -14,6 +14,7 @@ from pathlib import Path
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
 
+from manifests.objectstore import ObjectStoreError  # noqa: E402
 from pipeline.job import JobError, run_job  # noqa: E402
 from pipeline.job_config import config_from_args  # noqa: E402
 
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(argv)
     try:
         run_job(cfg)
-    except (JobError, ValueError) as exc:
+    except (JobError, ValueError, ObjectStoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

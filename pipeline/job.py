@@ -15,17 +15,19 @@ from pathlib import Path
 import ray
 from tqdm import tqdm
 
-from manifests import write_manifest
-from manifests.manifest import atomic_write_bytes, dumps_canonical
+from manifests import MANIFEST_NAME
+from manifests.manifest import dumps_canonical, validate_manifest
+from manifests.objectstore import is_object_url
 
-from .assemble import build_manifest, job_fingerprint, write_timm_info
+from .assemble import TIMM_INFO_NAME, build_manifest, job_fingerprint, timm_info
 from .job_config import GenerateConfig
-from .preview import write_preview
+from .preview import PREVIEW_NAME, PREVIEW_SAMPLES, preview_png
 from .records import RecordSettings
-from .repaint.job import obtain_repainter, start_painters
-from .repaint.quality import measure_shards
-from .shards import ShardPlan, load_done, plan_shards, remove_stale_temporaries, shuffled, write_shard
+from .repaint.job import REPAINTER_FILE, obtain_repainter, start_painters
+from .repaint.quality import QUALITY_LIMIT, measure_shards
+from .shards import ShardPlan, load_done, plan_shards, shuffled, write_shard
 from .sources import open_source
+from .store import LocalStore, Store, open_store
 
 log = logging.getLogger("pipeline")
 JOB_FILE = "job.json"
@@ -45,6 +47,19 @@ def quiet_workers() -> ray.job_config.JobConfig:
     return job_config
 
 
+# The driver's object-store settings reach every task, so that a worker on any node uploads as the
+# driver would; nodes with credentials of their own (an instance role) need none of these set.
+FORWARDED_AWS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                 "AWS_EC2_METADATA_DISABLED", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")
+
+
+def object_store_env(out: str) -> dict[str, str]:
+    if not is_object_url(out):
+        return {}
+    return {k: os.environ[k] for k in FORWARDED_AWS if k in os.environ}
+
+
 class RaySession:
     """Ray, started on first use (a resume with nothing left to do never starts it).
 
@@ -59,7 +74,7 @@ class RaySession:
         if ray.is_initialized():
             return
         cfg = self.cfg
-        runtime_env = {"env_vars": {"OMP_NUM_THREADS": "1"}}
+        runtime_env = {"env_vars": {"OMP_NUM_THREADS": "1", **object_store_env(cfg.out)}}
         quiet = quiet_workers()
         address = cfg.address or os.environ.get("RAY_ADDRESS")
         if not address and not cfg.local and Path("/tmp/ray/ray_current_cluster").exists():
@@ -87,30 +102,29 @@ class RaySession:
             ray.shutdown()
 
 
-def _claim_out_dir(out: Path, fingerprint: str, description: dict) -> None:
-    """Refuse to resume into a folder made with other settings: that would mix two sets."""
-    job_file = out / JOB_FILE
-    if job_file.exists():
-        previous = json.loads(job_file.read_text())
+def _claim_out_dir(store: Store, fingerprint: str, description: dict) -> None:
+    """Refuse to resume into a folder (or prefix) made with other settings: that would mix two sets."""
+    previous = store.read_bytes(JOB_FILE)
+    if previous is not None:
+        previous = json.loads(previous)
         if previous.get("fingerprint") != fingerprint:
             raise JobError(
-                f"{out}: holds a shard set made from another source or with other settings "
+                f"{store.location}: holds a shard set made from another source or with other settings "
                 f"(was {previous.get('description')}, now {description}); use a new --out"
             )
         return
-    atomic_write_bytes(job_file, dumps_canonical(
-        {"fingerprint": fingerprint, "description": description}).encode())
+    store.write_bytes(JOB_FILE, dumps_canonical({"fingerprint": fingerprint, "description": description}).encode())
 
 
 def _write_shards(cfg: GenerateConfig, todo: list[ShardPlan], records: list, settings: RecordSettings,
-                  out: Path, fingerprint: str, repainter: Path | None) -> list[dict]:
+                  out: str, fingerprint: str, repainter: str | None) -> list[dict]:
     """Plain tasks without a repainter; with one, a pool of actors that each load it once."""
     task = ray.remote(num_cpus=1, max_retries=cfg.max_retries)(write_shard)
     # A slot is None (a task; 2 per worker keep the CPUs busy) or an actor (one shard at a time).
     free = start_painters(cfg, repainter) if repainter else [None] * (2 * cfg.workers)
 
     def launch(slot, plan: ShardPlan):
-        args = (plan, records[plan.start:plan.stop], settings, str(out), fingerprint)
+        args = (plan, records[plan.start:plan.stop], settings, out, fingerprint)
         return task.remote(*args) if slot is None else slot.write.remote(*args)
 
     pending: dict = {}
@@ -143,52 +157,79 @@ def _write_shards(cfg: GenerateConfig, todo: list[ShardPlan], records: list, set
     return done
 
 
-def repaint_quality(out: Path, shard_names: list[str], cfg: GenerateConfig, repaint_info: dict) -> dict:
-    """What the variants are, measured on the written shards (boundary F, colour distances) at G's
-    resolution, with the proxy's held-out top-1 from the repainter's training. Read from the last
-    shard backwards: the repainter trains on the first `--repainter-images` of the same order, so
-    on a set larger than that these are images it never saw."""
-    quality = measure_shards([str(out / n) for n in reversed(shard_names)], cfg.repaint_size)
+def _covering(shards: list[dict], samples: int) -> list[str]:
+    """The fewest of `shards` (in the order given) that hold at least `samples` samples."""
+    names, held = [], 0
+    for shard in shards:
+        if held >= samples:
+            break
+        names.append(shard["name"])
+        held += shard["samples"]
+    return names
+
+
+def read_back(store: Store, manifest: dict, cfg: GenerateConfig, repaint_info: dict) -> None:
+    """`preview.png` from the first shards and the variants' quality from the last ones, read back
+    from what was stored (downloaded for an object store; only the shards these need).
+
+    Quality is measured from the last shard backwards: the repainter trains on the first
+    `--repainter-images` of the same order, so on a set larger than that these are images it never saw."""
+    shards = manifest["shards"]
+    with store.local_copies(_covering(shards, 4 * PREVIEW_SAMPLES)) as paths:
+        png = preview_png(paths, cfg.variants)
+    if png is not None:
+        store.write_bytes(PREVIEW_NAME, png)
+        manifest["preview"] = PREVIEW_NAME
+    with store.local_copies(_covering(shards[::-1], 4 * QUALITY_LIMIT)) as paths:
+        quality = measure_shards(paths, cfg.repaint_size)
     metrics = (repaint_info.get("training") or {}).get("metrics") or {}
     quality.update({k: metrics[k] for k in ("proxy_acc_real", "proxy_acc_painted") if k in metrics})
-    return quality
+    manifest["repainter"]["quality"] = quality
 
 
-def run_job(cfg: GenerateConfig) -> Path:
+def _repainter_for_painting(cfg: GenerateConfig, store: Store, checkpoint: Path) -> str:
+    """Painting actors may run on any node: with an object store they read the weights from the bucket."""
+    if isinstance(store, LocalStore):
+        return str(checkpoint)
+    store.write_bytes(REPAINTER_FILE, checkpoint.read_bytes())
+    return store.url(REPAINTER_FILE)
+
+
+def run_job(cfg: GenerateConfig) -> str:
     """Shard `cfg.source` into `cfg.out`, resuming whatever an earlier run left verified."""
     source = open_source(cfg.source)
     records = source.records[: cfg.limit] if cfg.limit else source.records
     if cfg.shuffle:
         records = shuffled(records, cfg.seed)
-    out = Path(cfg.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    store = open_store(cfg.out)
     fingerprint = job_fingerprint(cfg, source)
-    _claim_out_dir(out, fingerprint, {"source": cfg.source, **cfg.output_settings()})
-    removed = remove_stale_temporaries(out)
+    _claim_out_dir(store, fingerprint, {"source": cfg.source, **cfg.output_settings()})
+    removed = store.remove_stale()
     settings = RecordSettings(key_prefix=source.kind, class_names=tuple(source.classes),
                               max_side=cfg.max_side, max_pixels=cfg.max_pixels)
     plans = plan_shards(len(records), cfg.samples_per_shard)
     with RaySession(cfg) as session:
         repainter, repaint_info = None, None
         if cfg.variants:
-            repainter, repaint_info = obtain_repainter(cfg, source, records, settings, out, session.start)
+            work = Path(cfg.work or cfg.out).resolve()
+            checkpoint, repaint_info = obtain_repainter(cfg, source, records, settings, work, session.start)
+            repainter = _repainter_for_painting(cfg, store, checkpoint)
             # Shards painted by other weights are other shards: the repainter's hash joins the fingerprint.
             fingerprint = hashlib.sha256(f"{fingerprint}:{repaint_info['sha256']}".encode()).hexdigest()
-        done = [d for p in plans if (d := load_done(out, p, fingerprint)) is not None]
+        done = [d for p in plans if (d := load_done(store, p, fingerprint)) is not None]
         todo = [p for p in plans if p.name not in {d["name"] for d in done}]
         log.info("%d inputs, %d shards: %d verified from an earlier run, %d to write; "
                  "%d stale temporaries removed", len(records), len(plans), len(done), len(todo), removed)
         if todo:
             session.start()
-            done += _write_shards(cfg, todo, records, settings, out, fingerprint, repainter)
+            done += _write_shards(cfg, todo, records, settings, store.location, fingerprint, repainter)
     manifest = build_manifest(cfg, source, len(records), done, repaint_info)
     if cfg.variants:
-        names = [s["name"] for s in manifest["shards"]]
-        manifest["preview"] = write_preview(out, names, cfg.variants)
-        manifest["repainter"]["quality"] = repaint_quality(out, names, cfg, repaint_info)
-    write_manifest(out, manifest)  # last: a manifest means every shard it lists is done
-    write_timm_info(out, manifest)
+        read_back(store, manifest, cfg, repaint_info)
+    validate_manifest(manifest, store.url(MANIFEST_NAME))
+    store.write_bytes(TIMM_INFO_NAME, timm_info(manifest))
+    store.write_bytes(MANIFEST_NAME, dumps_canonical(manifest).encode())  # last: every shard it lists is done
     t = manifest["totals"]
     print(f"wrote {t['shards']} shards, {t['samples']} samples ({t['skipped']} skipped) "
-          f"to {out}; check them with: python -m manifests verify {out}")
-    return out
+          f"to {store.location}; check them with: python -m manifests verify {store.location}")
+    return store.location

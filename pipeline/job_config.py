@@ -6,9 +6,11 @@ import argparse
 import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from manifests.flags import build_parser, flag, invalid_flags
 from manifests.imageio import DEFAULT_MAX_PIXELS
+from manifests.objectstore import is_object_url
 
 from .repaint.config import HUE_MODES
 
@@ -21,7 +23,10 @@ class GenerateConfig:
     """Every flag of `pipeline/generate.py`: this class is the parser, the defaults and the checks."""
 
     source: str = flag("demo", "imagefolder:DIR | coco:ANNOTATIONS_JSON:IMAGES_DIR | demo[:COUNT[:SIZE]]")
-    out: str | None = flag(None, "output folder (default for demo: demo_out)")
+    out: str | None = flag(None, "output folder, or an object-store prefix s3://BUCKET/PREFIX (credentials from "
+                                 "the AWS_* environment or profile; default for demo: demo_out)")
+    work: str | None = flag(None, "local working folder for the repainter's training when --out is s3:// "
+                                  "(default: --out itself for a folder)", metavar="DIR")
     variants: int = flag(4, "repainted variants per image", check=lambda v: v >= 0, must=">= 0")
     samples_per_shard: int = flag(128, "samples per tar", check=lambda v: v > 0, must="> 0")
     seed: int = flag(0, "global seed of every random draw")
@@ -107,7 +112,14 @@ class GenerateConfig:
             self._check_repainter_flags()
 
     def _check_out(self) -> None:
-        """--out must be a folder (or not exist yet) that is neither the source's own folder nor inside it."""
+        """--out must be a folder (or not exist yet) that is neither the source's own folder nor inside it,
+        or an s3:// prefix in a named bucket (with --work when a repainter is trained)."""
+        if is_object_url(self.out):
+            if not urlparse(self.out).netloc:
+                raise ValueError(f"--out {self.out}: an object-store --out needs a bucket: s3://BUCKET/PREFIX")
+            if self.variants > 0 and self.repainter_steps > 0 and self.work is None:
+                raise ValueError(f"--out {self.out}: the repainter trains in a local folder; name one with --work DIR")
+            return
         out = Path(self.out).resolve()
         for parent in (out, *out.parents):
             if parent.exists() and not parent.is_dir():

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import itertools
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,17 +28,21 @@ def colourise(labels: np.ndarray) -> Image.Image:
     return Image.fromarray(rgb.astype(np.uint8), "RGB")
 
 
-def _samples(shard: Path, count: int) -> list[dict[str, bytes]]:
+PREVIEW_ROWS = 6
+PREVIEW_SAMPLES = 4 * PREVIEW_ROWS  # read per shard: repainted samples may be sparse (--repaint-fraction)
+
+
+def _samples(shard: str, count: int) -> list[dict[str, bytes]]:
     """The first `count` samples of a shard that carry variants."""
-    samples = wds.WebDataset(str(shard), shardshuffle=False)
+    samples = wds.WebDataset(shard, shardshuffle=False)
     return [s for s in itertools.islice(samples, count) if "seg.png" in s]
 
 
-def write_preview(out: Path, shard_names: list[str], variants: int, rows: int = 6, cell: int = 96) -> str | None:
-    """Write the grid from the first shards' repainted samples; return its file name (None if none)."""
+def preview_png(shard_paths: list[str], variants: int, rows: int = PREVIEW_ROWS, cell: int = 96) -> bytes | None:
+    """The grid from the first shards' repainted samples, as PNG bytes (None if none has variants)."""
     samples: list[dict[str, bytes]] = []
-    for name in shard_names:
-        samples += _samples(out / name, rows * 4)
+    for path in shard_paths:
+        samples += _samples(path, PREVIEW_SAMPLES)
         if len(samples) >= rows:
             break
     if not samples:
@@ -54,5 +57,4 @@ def write_preview(out: Path, shard_names: list[str], variants: int, rows: int = 
     grid = torchvision.utils.make_grid(torch.stack(tiles), nrow=variants + 2, padding=2, pad_value=255)
     buffer = io.BytesIO()
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(buffer, "PNG")
-    (out / PREVIEW_NAME).write_bytes(buffer.getvalue())
-    return PREVIEW_NAME
+    return buffer.getvalue()

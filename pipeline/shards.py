@@ -1,8 +1,9 @@
 """Writing one shard atomically, recording it as done, and deciding what a resumed job redoes.
 
-A shard is written under a unique temporary name, fsynced and renamed; it counts as done only once
-its done-record (sha256, bytes, samples, skips) is in `.progress/`. A resume re-hashes every shard
-against its record, keeps what verifies and redoes the rest. No Ray here: the job calls these.
+A shard is written to a temporary file, fsynced, then renamed into its folder or uploaded to its
+bucket (`store.py`); it counts as done only once its done-record (sha256, bytes, samples, skips) is
+stored in `.progress/`. A resume re-hashes every shard against its record, keeps what verifies and
+redoes the rest. No Ray here: the job calls these.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from manifests import shard_name
-from manifests.manifest import atomic_write_bytes, dumps_canonical, fsync_dir, sha256_file
+from manifests.manifest import dumps_canonical
 
 from .records import RecordResult, RecordSettings, Repainter, process_record
 from .sources import Record, Source
+from .store import Store, open_store
 from .tarwriter import ShardTarWriter
 
 PROGRESS_DIR = ".progress"
-TEMP_SUFFIX = ".partial"
 TAR_MTIME = 0  # fixed member metadata: same content, same bytes
 TAR_OWNER = "repaint"
 
@@ -62,10 +63,10 @@ def write_shard(
     plan: ShardPlan, records: list[Record], settings: RecordSettings, out_dir: str,
     fingerprint: str, repaint: Repainter | None = None,
 ) -> dict:
-    """Process `records` into shard `plan.name` under `out_dir`; return its done-record."""
-    out = Path(out_dir)
-    final = out / plan.name
-    tmp = out / f".{plan.name}.{os.getpid()}.{os.urandom(4).hex()}{TEMP_SUFFIX}"
+    """Process `records` into shard `plan.name` of the set at `out_dir` (a folder or an s3:// prefix);
+    return its done-record, which is stored only once the shard is."""
+    store = open_store(out_dir)
+    tmp = store.temporary(plan.name)
     skipped, notes, n_boxes, keys = [], Counter(), 0, []
     try:
         with open(tmp, "wb") as f:
@@ -82,11 +83,9 @@ def write_shard(
             f.flush()
             os.fsync(f.fileno())
         digest, size = writer.sha256.hexdigest(), writer.size
-        os.replace(tmp, final)
-        fsync_dir(out)
+        store.commit(tmp, plan.name)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     done = {
         "name": plan.name, "index": plan.index, "start": plan.start, "stop": plan.stop,
         "bytes": size, "sha256": digest, "samples": len(keys),
@@ -94,35 +93,21 @@ def write_shard(
         "skipped": skipped, "conversions": dict(sorted(notes.items())), "boxes": n_boxes,
         "fingerprint": fingerprint,
     }
-    progress = out / PROGRESS_DIR
-    progress.mkdir(exist_ok=True)
-    atomic_write_bytes(progress / f"{plan.name}.json", dumps_canonical(done).encode())
+    store.write_bytes(f"{PROGRESS_DIR}/{plan.name}.json", dumps_canonical(done).encode())
     return done
 
 
-def remove_stale_temporaries(out_dir: str | Path) -> int:
-    """Temporaries left by a killed run are never reused; remove them and say how many."""
-    stale = [p for p in Path(out_dir).glob(f".*{TEMP_SUFFIX}")]
-    stale += list(Path(out_dir).glob(f"{PROGRESS_DIR}/.*.tmp")) + list(Path(out_dir).glob(".*.tmp"))
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return len(stale)
-
-
-def load_done(out_dir: str | Path, plan: ShardPlan, fingerprint: str) -> dict | None:
-    """The done-record of a shard if the shard on disk still matches it, else None."""
-    out = Path(out_dir)
-    record_path = out / PROGRESS_DIR / f"{plan.name}.json"
-    shard = out / plan.name
+def load_done(store: Store, plan: ShardPlan, fingerprint: str) -> dict | None:
+    """The done-record of a shard if the stored shard still matches it (size, then sha256), else None."""
     try:
-        done = json.loads(record_path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        done = json.loads(store.read_bytes(f"{PROGRESS_DIR}/{plan.name}.json") or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if done.get("fingerprint") != fingerprint or (done["start"], done["stop"]) != (plan.start, plan.stop):
+    if not isinstance(done, dict) or done.get("fingerprint") != fingerprint:
         return None
-    if not shard.is_file() or shard.stat().st_size != done["bytes"]:
+    if (done.get("start"), done.get("stop")) != (plan.start, plan.stop):
         return None
-    if sha256_file(shard) != done["sha256"]:
+    if store.size(plan.name) != done["bytes"] or store.sha256(plan.name) != done["sha256"]:
         return None
     return done
 

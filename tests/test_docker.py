@@ -46,7 +46,13 @@ def test_dockerfile_installs_the_same_pins():
     requires = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
     minimum = tuple(int(v) for v in requires.removeprefix(">=").split("."))
     assert (int(base.group(2)), int(base.group(3))) >= minimum
-    assert re.search(r"pip install --no-cache-dir \.( |$)", dockerfile, re.M)  # pyproject's pins
+    # Dependencies from pyproject.toml alone, in a layer before any source is copied; then the project.
+    deps_layer = dockerfile.index("pip install --no-cache-dir -r /tmp/requirements.txt")
+    assert dockerfile.index("COPY --chown=ray:users pyproject.toml ./") < deps_layer
+    assert "['project']['dependencies']" in dockerfile[:deps_layer]
+    sources = ("manifests", "pipeline", "train")
+    assert deps_layer < min(dockerfile.index(f"COPY --chown=ray:users {d} ") for d in sources)
+    assert re.search(r"pip install --no-cache-dir --no-deps \.( |$)", dockerfile, re.M)
     for name, version in re.findall(r"([A-Za-z0-9_-]+)==([\w.]+)", dockerfile):
         assert pins.get(name.lower()) == version, f"Dockerfile pins {name}=={version}"
     assert {"torch", "torchvision", "timm", "effdet", "webdataset", "ray"} <= set(pins)

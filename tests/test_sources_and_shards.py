@@ -14,8 +14,9 @@ from PIL import Image
 
 from manifests import inspect_shard
 from pipeline.records import RecordSettings, process_record
-from pipeline.shards import load_done, plan_shards, remove_stale_temporaries, write_shard
+from pipeline.shards import load_done, plan_shards, write_shard
 from pipeline.sources import SourceError, demo_source, image_folder_source, open_source
+from pipeline.store import LocalStore
 from tests.badinputs import awkward_files, bad_files, jpeg_bytes, write_files
 
 
@@ -94,7 +95,7 @@ def test_shard_round_trip_with_bad_inputs(tmp_path):
         assert image.mode == "RGB" and image.size == (meta["width"], meta["height"])
         assert int(sample["cls"]) == meta["label"] == source.classes.index("good")
     assert inspect_shard(out / plan.name)["samples"] == done["samples"] == len(samples)
-    assert load_done(out, plan, "fp") == done and load_done(out, plan, "other") is None
+    assert load_done(LocalStore(out), plan, "fp") == done and load_done(LocalStore(out), plan, "other") is None
 
 
 def test_max_side_scales_boxes_and_image(tmp_path):
@@ -122,4 +123,4 @@ def test_a_killed_writer_leaves_no_final_name_and_temporaries_are_removed(tmp_pa
         write_shard(plan, source.records, settings, str(tmp_path), "fp", repaint=exploding_repaint)
     assert not (tmp_path / plan.name).exists() and not list(tmp_path.glob(".*"))
     (tmp_path / f".{plan.name}.123.abcd.partial").write_bytes(b"half a shard")
-    assert remove_stale_temporaries(tmp_path) == 1 and not list(tmp_path.glob(".*partial"))
+    assert LocalStore(tmp_path).remove_stale() == 1 and not list(tmp_path.glob(".*partial"))

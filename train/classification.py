@@ -66,7 +66,8 @@ class _SafeImageFolder(Dataset):
 
 
 def is_shard_set(path: str) -> bool:
-    return path.startswith(("http://", "https://")) or path.endswith(".json") or (Path(path) / "manifest.json").exists()
+    remote = path.startswith(("http://", "https://", "s3://"))
+    return remote or path.endswith(".json") or (Path(path) / "manifest.json").exists()
 
 
 class ClassificationTask:

@@ -28,6 +28,7 @@ from webdataset.tariterators import group_by_keys
 
 from manifests import ContractError, check_field, decode_image, load_manifest, resolve_shard
 from manifests.contract import ORIGINAL_FIELDS, derive_seed
+from manifests.objectstore import is_object_url, open_object
 
 from .tarstream import tar_file_expander
 
@@ -55,7 +56,7 @@ class ShardSet:
 
 
 def open_shard_set(location: str) -> ShardSet:
-    """Read the manifest (folder, file or http URL); every shard URL is checked first."""
+    """Read the manifest (folder, file, http(s) or s3 URL); every shard URL is checked first."""
     manifest, base = load_manifest(location)
     shards = [Shard(resolve_shard(base, s["name"]), s["samples"], s["sha256"]) for s in manifest["shards"]]
     return ShardSet(shards, list(manifest.get("classes") or []), int(manifest["variants"]), location,
@@ -67,6 +68,8 @@ def open_stream(url: str):
     FIFO named like a shard is an error (counted as a bad shard), not a reader blocked forever."""
     if url.startswith(("http://", "https://")):
         return urllib.request.urlopen(url, timeout=60)  # noqa: S310 (allowlisted by the contract)
+    if is_object_url(url):
+        return open_object(url)  # a client per process: safe in forked loader workers
     fd = os.open(url.removeprefix("file://"), os.O_RDONLY | os.O_NONBLOCK)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)

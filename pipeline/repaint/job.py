@@ -32,6 +32,7 @@ from .train import TrainSettings, train_repainter
 
 log = logging.getLogger("pipeline")
 SUMMARY = "summary.json"
+REPAINTER_FILE = "repainter/repainter.pt"  # in the shard set; the manifest names it
 CHUNK = 64  # records per data-preparation task
 
 
@@ -82,12 +83,13 @@ def _training_identity(cfg: GenerateConfig, model: RepainterConfig, t: TrainSett
 
 
 def obtain_repainter(cfg: GenerateConfig, source: Source, records: list[Record], settings: RecordSettings,
-                     out: Path, start_ray: Callable[[], None]) -> tuple[Path, dict]:
-    """The repainter checkpoint the shards are painted with, and what the manifest says about it."""
+                     work: Path, start_ray: Callable[[], None]) -> tuple[Path, dict]:
+    """The repainter checkpoint the shards are painted with, and what the manifest says about it.
+    It trains in `work/repainter/` (the shard-set folder itself, or `--work` for an object store)."""
     if cfg.repainter_steps == 0:
         _, _, _, info = load_repainter(cfg.repainter)
         return Path(cfg.repainter).resolve(), {**info, "trained_by_this_job": False}
-    folder = out / "repainter"
+    folder = work / Path(REPAINTER_FILE).parent
     model = model_config(cfg, source)
     t = TrainSettings(steps=cfg.repainter_steps, batch_size=cfg.repainter_batch, size=cfg.repaint_size,
                       checkpoint_every=min(cfg.repainter_checkpoint_every, cfg.repainter_steps),
@@ -111,7 +113,7 @@ def obtain_repainter(cfg: GenerateConfig, source: Source, records: list[Record],
         summary = {"identity": identity, "step": t.steps, "metrics": metrics, "training": asdict(t),
                    "images": len(data), "held_out": len(val), "skipped": len(data.skipped)}
         atomic_write_bytes(summary_file, dumps_canonical(summary).encode())
-    path = folder / "repainter.pt"
+    path = folder / Path(REPAINTER_FILE).name
     _, _, _, info = load_repainter(path)
     return path, {**info, "trained_by_this_job": True, "training": summary}
 

@@ -27,6 +27,7 @@ from manifests import encode_image
 from manifests.contract import derive_seed
 from manifests.imageio import encode_label_map
 from manifests.manifest import atomic_write_bytes
+from manifests.objectstore import is_object_url, read_object
 
 from .config import HUE_MODES, RepainterConfig
 from .data import resize_pair, to_model_inputs
@@ -47,11 +48,16 @@ def save_repainter(path: str | Path, cfg: RepainterConfig, encoder: RegionEncode
 
 
 def load_repainter(path: str | Path) -> tuple[RepainterConfig, RegionEncoder, Generator, dict]:
-    path = Path(path)
+    """A checkpoint from a file, or from the bucket of an object-store shard set (painting actors
+    on any node)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        data = read_object(str(path)) if is_object_url(path) else Path(path).read_bytes()
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: repainter checkpoint not found") from None
+        data = None
+    if data is None:
+        raise FileNotFoundError(f"{path}: repainter checkpoint not found")
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated or foreign file: say which and why
         raise ValueError(f"{path}: not a loadable repainter checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
@@ -63,7 +69,7 @@ def load_repainter(path: str | Path) -> tuple[RepainterConfig, RegionEncoder, Ge
         generator.load_state_dict(state["G"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # missing/extra keys, wrong shapes
         raise ValueError(f"{path}: damaged {CHECKPOINT_FORMAT} checkpoint ({type(exc).__name__}: {exc})") from None
-    info = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "step": state["step"], "config": state["config"]}
+    info = {"sha256": hashlib.sha256(data).hexdigest(), "step": state["step"], "config": state["config"]}
     return cfg, encoder.eval(), generator.eval(), info
 
 

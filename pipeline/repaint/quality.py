@@ -91,7 +91,10 @@ def code_spread(generator, labels, seed: int = 0) -> float:
     return float(((a - b) * 127.5).norm(dim=1).mean())
 
 
-def measure_shards(urls: list[str], size: int, limit: int = 64) -> dict:
+QUALITY_LIMIT = 64  # repainted samples measured; up to 4x as many samples are read to find them
+
+
+def measure_shards(urls: list[str], size: int, limit: int = QUALITY_LIMIT) -> dict:
     """`measure_variants` on the first `limit` repainted samples of written shards, read back with
     webdataset (what the shards hold: resized to the stored size, JPEG-encoded), at `size` x `size`
     (label maps by nearest, images by bicubic)."""
