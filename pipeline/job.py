@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 
 import ray
@@ -25,7 +26,7 @@ from .preview import PREVIEW_NAME, PREVIEW_SAMPLES, preview_png
 from .records import RecordSettings
 from .repaint.job import REPAINTER_FILE, obtain_repainter, start_painters
 from .repaint.quality import QUALITY_LIMIT, measure_shards
-from .shards import ShardPlan, load_done, plan_shards, shuffled, write_shard
+from .shards import ShardPlan, load_done, node_origin, plan_shards, shuffled, write_shard
 from .sources import open_source
 from .store import LocalStore, Store, open_store
 
@@ -116,10 +117,14 @@ def _claim_out_dir(store: Store, fingerprint: str, description: dict) -> None:
     store.write_bytes(JOB_FILE, dumps_canonical({"fingerprint": fingerprint, "description": description}).encode())
 
 
+def _write_shard_task(*args) -> dict:
+    return write_shard(*args, origin=node_origin())
+
+
 def _write_shards(cfg: GenerateConfig, todo: list[ShardPlan], records: list, settings: RecordSettings,
                   out: str, fingerprint: str, repainter: str | None) -> list[dict]:
     """Plain tasks without a repainter; with one, a pool of actors that each load it once."""
-    task = ray.remote(num_cpus=1, max_retries=cfg.max_retries)(write_shard)
+    task = ray.remote(num_cpus=1, max_retries=cfg.max_retries)(_write_shard_task)
     # A slot is None (a task; 2 per worker keep the CPUs busy) or an actor (one shard at a time).
     free = start_painters(cfg, repainter) if repainter else [None] * (2 * cfg.workers)
 
@@ -154,6 +159,9 @@ def _write_shards(cfg: GenerateConfig, todo: list[ShardPlan], records: list, set
                 n_skipped += len(result["skipped"])
                 bar.update(plan.stop - plan.start)
                 bar.set_postfix(shards=f"{len(done)}/{len(todo)}", skipped=n_skipped)
+    nodes = Counter(d["written_by"]["node_id"] for d in done)
+    log.info("shards written per Ray node: %s (each done-record in .progress/ names its node and host)",
+             ", ".join(f"{node[:12]}...: {n}" for node, n in nodes.most_common()))
     return done
 
 

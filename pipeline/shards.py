@@ -3,7 +3,7 @@
 A shard is written to a temporary file, fsynced, then renamed into its folder or uploaded to its
 bucket (`store.py`); it counts as done only once its done-record (sha256, bytes, samples, skips) is
 stored in `.progress/`. A resume re-hashes every shard against its record, keeps what verifies and
-redoes the rest. No Ray here: the job calls these.
+redoes the rest. No Ray here (but for `node_origin`): the job calls these.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,12 +60,21 @@ def shuffled(records: list[Record], seed: int) -> list[Record]:
     return sorted(records, key=rank)
 
 
+def node_origin() -> dict:
+    """Which Ray node and host this runs on, for a done-record (`write_shard(origin=...)`). Only the
+    job's tasks and actors call it; the manifest never holds it (node ids change from run to run)."""
+    import ray
+
+    return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
+
+
 def write_shard(
     plan: ShardPlan, records: list[Record], settings: RecordSettings, out_dir: str,
-    fingerprint: str, repaint: Repainter | None = None,
+    fingerprint: str, repaint: Repainter | None = None, origin: dict | None = None,
 ) -> dict:
     """Process `records` into shard `plan.name` of the set at `out_dir` (a folder or an s3:// prefix);
-    return its done-record, which is stored only once the shard is."""
+    return its done-record, which is stored only once the shard is. `origin` (who wrote it) joins the
+    record."""
     store = open_store(out_dir)
     tmp = store.temporary(plan.name)
     skipped, notes, n_boxes, keys = [], Counter(), 0, []
@@ -91,7 +101,7 @@ def write_shard(
         "bytes": size, "sha256": digest, "samples": len(keys),
         "first_key": keys[0] if keys else None, "last_key": keys[-1] if keys else None,
         "skipped": skipped, "conversions": dict(sorted(notes.items())), "boxes": n_boxes,
-        "fingerprint": fingerprint,
+        "fingerprint": fingerprint, **({"written_by": origin} if origin else {}),
     }
     store.write_bytes(f"{PROGRESS_DIR}/{plan.name}.json", dumps_canonical(done).encode())
     return done

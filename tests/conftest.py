@@ -82,3 +82,25 @@ def cifar_subset(tmp_path_factory) -> Path:
 def coco128() -> tuple[Path, Path]:
     base = shared_data_or_skip("coco128")
     return base / "annotations" / "instances_train2017.json", base / "images" / "train2017"
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """moto's S3 server on loopback (tests/s3server.py), shared by the object-store tests."""
+    from tests.s3server import start_s3_server
+
+    server = start_s3_server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3, monkeypatch) -> str:
+    """A fresh bucket, with this process's AWS_* variables pointing at the server."""
+    import uuid
+
+    name = f"shards-{uuid.uuid4().hex[:8]}"
+    s3.client().create_bucket(Bucket=name)
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    return name

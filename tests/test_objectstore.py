@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -20,27 +19,10 @@ from manifests import ManifestError, load_manifest, read_manifest, verify_shard_
 from manifests.objectstore import ObjectStoreError, object_size
 from pipeline.job import run_job
 from pipeline.job_config import GenerateConfig
-from tests.s3server import start_s3_server
 from tests.shardsets import make_shard_set
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE, PER_SHARD = "demo:600:48", 20  # 30 shards
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server = start_s3_server()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def bucket(s3, monkeypatch) -> str:
-    name = f"shards-{uuid.uuid4().hex[:8]}"
-    s3.client().create_bucket(Bucket=name)
-    for key, value in s3.env().items():
-        monkeypatch.setenv(key, value)
-    return name
 
 
 def _upload(s3, folder: Path, bucket: str, prefix: str) -> str:

@@ -23,7 +23,7 @@ from manifests.manifest import atomic_write_bytes, dumps_canonical
 from ..demo_data import MAX_OBJECTS
 from ..job_config import GenerateConfig
 from ..records import RecordSettings
-from ..shards import ShardPlan, write_shard
+from ..shards import ShardPlan, node_origin, write_shard
 from ..sources import Record, Source
 from .config import RepainterConfig
 from .data import RepaintSet, build_repaint_set
@@ -128,7 +128,7 @@ class ShardPainter:
 
     def write(self, plan: ShardPlan, records: list[Record], settings: RecordSettings, out_dir: str,
               fingerprint: str) -> dict:
-        return write_shard(plan, records, settings, out_dir, fingerprint, self.repaint)
+        return write_shard(plan, records, settings, out_dir, fingerprint, self.repaint, origin=node_origin())
 
 
 def start_painters(cfg: GenerateConfig, checkpoint: Path) -> list:
