@@ -73,6 +73,9 @@ class GenerateConfig:
     variant_detail: float = flag(0.0, "after painting, replace this fraction of each variant's fine luminance "
                                       "detail with the original's (1: the original's texture, new colours)",
                                  check=lambda v: 0 <= v <= 1, must="in [0, 1]", group=REPAINTER, metavar="A")
+    paint_batch: int = flag(1, "images per painting forward (B x N variants at once: keeps a GPU busy); "
+                               "paintings equal one-at-a-time ones up to float rounding",
+                            check=lambda v: v > 0, must="> 0", group=REPAINTER, metavar="B")
     task_model: str = flag("resnet18", "timm model of the proxy task T", group=REPAINTER)
     task_loss: bool = flag(True, "E/G without the task loss (the paper's ablation)", group=REPAINTER)
     task_weight: float = flag(1.0, "weight of the task loss for E/G", check=lambda v: v > 0, must="> 0",
@@ -163,9 +166,11 @@ class GenerateConfig:
         """What decides the shards' bytes: the same values resume, any change refuses to."""
         keep = ["variants", "samples_per_shard", "seed", "max_side", "limit", "max_pixels", "shuffle"]
         if self.variants > 0:  # the repainter's own weights enter through its sha256 (job.py)
+            # paint_batch too: float rounding may differ with the batch, so a resume must not mix them.
             keep += ["repainter_steps", "repaint_size", "segmenter", "repaint_fraction", "variant_latent",
-                     "variant_hue", "variant_detail", "task_model", "task_loss", "task_weight", "task_warmup",
-                     "region_keep_prob", "repainter_images", "repainter_batch", "train_workers", "repainter_norm"]
+                     "paint_batch", "variant_hue", "variant_detail", "task_model", "task_loss", "task_weight",
+                     "task_warmup", "region_keep_prob", "repainter_images", "repainter_batch", "train_workers",
+                     "repainter_norm"]
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,9 +95,54 @@ def _check_fields(fields: tuple[str, ...]) -> None:
             check_field(field_name)
 
 
-def process_record(
-    record: Record, settings: RecordSettings, repaint: Repainter | None = None
-) -> RecordResult:
+@dataclass
+class Prepared:
+    """A decoded record whose sample waits for its repainted fields (`finish_record`)."""
+
+    sample: dict[str, Any]
+    meta: dict[str, Any]
+    image: Image.Image
+    notes: list[str]
+    boxes: int
+
+    @property
+    def key(self) -> str:
+        return self.sample["__key__"]
+
+
+def process_record(record: Record, settings: RecordSettings, repaint: Repainter | None = None) -> RecordResult:
+    prepared = prepare_record(record, settings)
+    if isinstance(prepared, RecordResult):
+        return prepared
+    return finish_record(prepared, repaint(prepared.image, prepared.key, prepared.meta) if repaint else {})
+
+
+def process_records(records: list[Record], settings: RecordSettings, repaint: Repainter | None = None,
+                    paint_batch: int = 1) -> Iterator[RecordResult]:
+    """`process_record` over `records` in order, handing the repainter `paint_batch` images at a time
+    when it can paint a batch (`repaint.many`, one forward for B x N variants: what keeps a GPU busy)."""
+    many = getattr(repaint, "many", None)
+    if many is None or paint_batch <= 1:
+        yield from (process_record(r, settings, repaint) for r in records)
+        return
+    for start in range(0, len(records), paint_batch):
+        prepared = [prepare_record(r, settings) for r in records[start:start + paint_batch]]
+        waiting = [p for p in prepared if isinstance(p, Prepared)]
+        fields = iter(many([(p.image, p.key, p.meta) for p in waiting]) if waiting else [])
+        yield from (p if isinstance(p, RecordResult) else finish_record(p, next(fields)) for p in prepared)
+
+
+def finish_record(prepared: Prepared, repainted: dict[str, bytes]) -> RecordResult:
+    sample, meta = prepared.sample, prepared.meta
+    sample.update(repainted)
+    meta["fields"] = sorted([*(k for k in sample if k != "__key__"), FIELD_JSON])
+    sample[FIELD_JSON] = json.dumps(meta, sort_keys=True, ensure_ascii=True).encode()
+    _check_fields(tuple(sample))
+    return RecordResult(sample, None, prepared.notes, prepared.boxes)
+
+
+def prepare_record(record: Record, settings: RecordSettings) -> Prepared | RecordResult:
+    """Read, decode, downscale, encode; a bad record comes back as a RecordResult with its skip."""
     skip = {"index": record.index, "source_id": record.source_id}
     if record.skip_reason:
         return RecordResult(None, {**skip, "reason": record.skip_reason}, [])
@@ -141,9 +186,4 @@ def process_record(
     sample: dict[str, Any] = {"__key__": key, ext: image_bytes}
     if label is not None:
         sample[FIELD_CLS] = str(label).encode()
-    if repaint is not None:
-        sample.update(repaint(image, key, meta))
-    meta["fields"] = sorted([*(k for k in sample if k != "__key__"), FIELD_JSON])
-    sample[FIELD_JSON] = json.dumps(meta, sort_keys=True, ensure_ascii=True).encode()
-    _check_fields(tuple(sample))
-    return RecordResult(sample, None, decoded.notes + record.notes, n_boxes)
+    return Prepared(sample, meta, image, decoded.notes + record.notes, n_boxes)

@@ -19,7 +19,7 @@ from pathlib import Path
 from manifests import shard_name
 from manifests.manifest import dumps_canonical
 
-from .records import RecordResult, RecordSettings, Repainter, process_record
+from .records import RecordSettings, Repainter, process_records
 from .sources import Record, Source
 from .store import Store, open_store
 from .tarwriter import ShardTarWriter
@@ -70,7 +70,7 @@ def node_origin() -> dict:
 
 def write_shard(
     plan: ShardPlan, records: list[Record], settings: RecordSettings, out_dir: str,
-    fingerprint: str, repaint: Repainter | None = None, origin: dict | None = None,
+    fingerprint: str, repaint: Repainter | None = None, origin: dict | None = None, paint_batch: int = 1,
 ) -> dict:
     """Process `records` into shard `plan.name` of the set at `out_dir` (a folder or an s3:// prefix);
     return its done-record, which is stored only once the shard is. `origin` (who wrote it) joins the
@@ -81,8 +81,7 @@ def write_shard(
     try:
         with open(tmp, "wb") as f:
             with ShardTarWriter(f, owner=TAR_OWNER, mtime=TAR_MTIME) as writer:
-                for record in records:
-                    result: RecordResult = process_record(record, settings, repaint)
+                for result in process_records(records, settings, repaint, paint_batch):
                     notes.update(result.notes)
                     if result.skip is not None:
                         skipped.append(result.skip)

@@ -121,14 +121,16 @@ def obtain_repainter(cfg: GenerateConfig, source: Source, records: list[Record],
 class ShardPainter:
     """A Ray actor holding one loaded repainter: it paints and writes whole shards with it."""
 
-    def __init__(self, repaint_args: dict, use_gpu: bool):
+    def __init__(self, repaint_args: dict, use_gpu: bool, paint_batch: int = 1):
         torch.set_num_threads(1)  # one CPU per actor; also keeps CPU results independent of the host
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.repaint = Repaint(**repaint_args, device=device)
+        self.paint_batch = paint_batch
 
     def write(self, plan: ShardPlan, records: list[Record], settings: RecordSettings, out_dir: str,
               fingerprint: str) -> dict:
-        return write_shard(plan, records, settings, out_dir, fingerprint, self.repaint, origin=node_origin())
+        return write_shard(plan, records, settings, out_dir, fingerprint, self.repaint, origin=node_origin(),
+                           paint_batch=self.paint_batch)
 
 
 def start_painters(cfg: GenerateConfig, checkpoint: Path) -> list:
@@ -138,4 +140,4 @@ def start_painters(cfg: GenerateConfig, checkpoint: Path) -> list:
             "seed": cfg.seed, "repaint_size": cfg.repaint_size, "fraction": cfg.repaint_fraction,
             "latent": cfg.variant_latent, "keep_prob": cfg.region_keep_prob,
             "hue": cfg.variant_hue, "detail": cfg.variant_detail}
-    return [actor.remote(args, cfg.gpus > 0) for _ in range(cfg.workers)]
+    return [actor.remote(args, cfg.gpus > 0, cfg.paint_batch) for _ in range(cfg.workers)]

@@ -160,21 +160,49 @@ class Repaint:
     @torch.no_grad()
     def paint(self, image: Image.Image, labels: np.ndarray, key: str) -> list[Image.Image]:
         """The variants of one image at its own size; all N are drawn in one batch."""
-        small, small_labels = resize_pair(image, labels, self.size)
-        x, channels = to_model_inputs(small[None], small_labels[None], self.cfg.label_channels)
-        seeds = [variant_seed(self.seed, key, v) for v in range(self.variants)]
-        painted = paint_variants(self.encoder, self.generator, self.cfg, x.to(self.device),
-                                 channels.to(self.device), seeds, self.latent)
+        return self.paint_batch([(image, labels, key)])[0]
+
+    @torch.no_grad()
+    def paint_batch(self, items: list[tuple[Image.Image, np.ndarray, str]]) -> list[list[Image.Image]]:
+        """The variants of B images in one E forward and one G forward of B x N paintings. Each
+        image's codes are drawn from its own seeds, and E and G normalise per sample, so a painting
+        does not depend on the batch it was painted in (up to float rounding: tests/test_repaint.py)."""
+        smalls = [resize_pair(image, labels, self.size) for image, labels, _ in items]
+        x, channels = to_model_inputs(np.stack([im for im, _ in smalls]), np.stack([lab for _, lab in smalls]),
+                                      self.cfg.label_channels)
+        x, channels = x.to(self.device), channels.to(self.device)
+        mu, logvar = self.encoder(x, channels)
+        seeds = [[variant_seed(self.seed, key, v) for v in range(self.variants)] for _, _, key in items]
+        codes = [self._code(mu[b:b + 1], logvar[b:b + 1], seed) for b in range(len(items)) for seed in seeds[b]]
+        painted = self.generator(torch.cat(codes), channels.repeat_interleave(self.variants, dim=0))
         pixels = ((painted.permute(0, 2, 3, 1) + 1) * 127.5).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
-        pixels = [rotate_hues(transfer_detail(p, small, self.detail), small_labels, self.hue, seed)
-                  for p, seed in zip(pixels, seeds, strict=True)]
-        return [Image.fromarray(p, "RGB").resize(image.size, Image.Resampling.BICUBIC) for p in pixels]
+        out = []
+        for b, ((image, _, _), (small, small_labels)) in enumerate(zip(items, smalls, strict=True)):
+            mine = pixels[b * self.variants:(b + 1) * self.variants]
+            mine = [rotate_hues(transfer_detail(p, small, self.detail), small_labels, self.hue, seed)
+                    for p, seed in zip(mine, seeds[b], strict=True)]
+            out.append([Image.fromarray(p, "RGB").resize(image.size, Image.Resampling.BICUBIC) for p in mine])
+        return out
+
+    def _code(self, mu: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:
+        draw = torch.Generator().manual_seed(seed)
+        if self.latent == "prior":
+            return variant_codes(mu, logvar, self.cfg.keep_prob, draw)[0]
+        return reparameterize(mu, logvar, draw)
 
     def __call__(self, image: Image.Image, key: str, meta: dict) -> dict[str, bytes]:
-        if not is_repainted(self.seed, key, self.fraction):
-            return {}
-        labels = self.segmenter(image, meta)
-        out = {"seg.png": encode_label_map(labels)}
-        for v, painted in enumerate(self.paint(image, labels, key)):
-            out[f"rp{v}.jpg"] = encode_image(painted, "jpg")
+        return self.many([(image, key, meta)])[0]
+
+    def many(self, records: list[tuple[Image.Image, str, dict]]) -> list[dict[str, bytes]]:
+        """The records hook for a batch (`records.process_records`): the fields of each record, the
+        label map and N variants, or none where `--repaint-fraction` leaves the record out."""
+        out: list[dict[str, bytes]] = [{} for _ in records]
+        chosen = [(i, image, self.segmenter(image, meta), key) for i, (image, key, meta) in enumerate(records)
+                  if is_repainted(self.seed, key, self.fraction)]
+        if not chosen:
+            return out
+        paintings = self.paint_batch([(image, labels, key) for _, image, labels, key in chosen])
+        for (i, _, labels, _), variants in zip(chosen, paintings, strict=True):
+            out[i] = {"seg.png": encode_label_map(labels)}
+            out[i].update({f"rp{v}.jpg": encode_image(p, "jpg") for v, p in enumerate(variants)})
         return out
