@@ -1,9 +1,10 @@
 """The repainter's costs: the job's repainted samples/s vs a bare generator loop, and training steps/s.
 
-    python bench/bench_repaint.py [--images 256] [--variants 4] [--size 64] [--rounds 3]
+    python bench/bench_repaint.py [--images 256] [--variants 4] [--size 64] [--rounds 3] [--paint-batch 16]
 
-(1) Pipeline overhead. The job (`--repainter CKPT --repainter-steps 0`, 1 actor, 1 thread) reads,
-    decodes, segments, paints N variants, encodes and writes shards. The bare loop calls only G
+(1) Pipeline overhead. The job (`--repainter CKPT --repainter-steps 0`, 1 and 2 actors of 1 thread,
+    one image per forward and `--paint-batch B` images per forward) reads, decodes, segments,
+    paints N variants, encodes and writes shards. The bare loop calls only G
     on the same images, prepared beforehand (decoded, segmented, resized): the generator's own cost.
     Ray's cluster start is excluded; the actors' start and model load are included.
 (2) Training steps/s of the repainter (one E/G, one D and one T update per step, resnet18 proxy
@@ -51,15 +52,21 @@ def bare_generator_rate(nets: RepainterNets, images: int, variants: int, size: i
     return images / (time.perf_counter() - start)
 
 
-def job_rate(checkpoint: Path, out: Path, images: int, variants: int, size: int, workers: int) -> float:
+def job_rate(checkpoint: Path, out: Path, images: int, variants: int, size: int, workers: int,
+             paint_batch: int) -> float:
     from pipeline.job import run_job
     from pipeline.job_config import GenerateConfig
 
     start = time.perf_counter()
     run_job(GenerateConfig(source=f"demo:{images}:96", out=str(out), workers=workers, variants=variants,
                            repainter=str(checkpoint), repainter_steps=0, repaint_size=size,
-                           samples_per_shard=max(1, images // (2 * workers)), progress=False))
+                           samples_per_shard=max(1, images // (2 * workers)), paint_batch=paint_batch,
+                           progress=False))
     return images / (time.perf_counter() - start)
+
+
+def job_rows(batch: int) -> list[tuple[int, int]]:  # (actors, images per forward)
+    return [(1, 1), (1, batch), (2, batch)]
 
 
 def training_rate(size: int, steps: int = 4, batch: int = 16) -> float:
@@ -81,6 +88,7 @@ def main() -> None:
     p.add_argument("--variants", type=int, default=4)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--paint-batch", type=int, default=16, help="images per forward in the batched job rows")
     args = p.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
@@ -98,9 +106,9 @@ def main() -> None:
         for r in range(args.rounds):  # interleaved, so machine noise hits all alike
             torch.set_num_threads(1)  # as one actor
             row = {"bare": bare_generator_rate(nets, args.images, args.variants, args.size)}
-            for workers in (1, 2):
-                row[workers] = job_rate(checkpoint, work / f"out{r}-{workers}", args.images, args.variants,
-                                        args.size, workers)
+            for workers, batch in job_rows(args.paint_batch):
+                row[workers, batch] = job_rate(checkpoint, work / f"out{r}-{workers}-{batch}", args.images,
+                                               args.variants, args.size, workers, batch)
             rounds.append(row)
         torch.set_num_threads(os.cpu_count() or 1)
         train = {s: training_rate(s) for s in (32, 64)}
@@ -113,11 +121,10 @@ def main() -> None:
           f"torch {torch.__version__}; median of {args.rounds} interleaved rounds [min-max]")
     print(f"{args.images} demo images of 96x96, {args.variants} variants each, painted at {args.size}x{args.size}")
     print(f"bare G loop, 1 thread       : {med['bare']:7.2f} img/s")
-    for workers in (1, 2):
-        ratios = [row[workers] / row["bare"] for row in rounds]
-        print(f"job, {workers} actor(s) x 1 thread : {med[workers]:7.2f} img/s   x{statistics.median(ratios):.2f} "
-              f"vs bare [{min(ratios):.2f}-{max(ratios):.2f}]"
-              + (f"   (pipeline overhead {100 * (1 - statistics.median(ratios)):.0f} %)" if workers == 1 else ""))
+    for workers, batch in job_rows(args.paint_batch):
+        ratios = [row[workers, batch] / row["bare"] for row in rounds]
+        print(f"job, {workers} actor(s) x 1 thread, paint batch {batch:2d}: {med[workers, batch]:7.2f} img/s   "
+              f"x{statistics.median(ratios):.2f} vs bare [{min(ratios):.2f}-{max(ratios):.2f}]")
     print(f"training, batch 16, {torch.get_num_threads()} threads: {train[32]:.3f} steps/s at 32x32, "
           f"{train[64]:.3f} steps/s at 64x64 (x{train[32] / train[64]:.1f} slower at 64)")
 

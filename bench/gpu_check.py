@@ -3,7 +3,7 @@
     bash bench/gpu_check.sh        (or: python bench/gpu_check.py [--work DIR] [--quick])
 
 1. The job on the demo source with `--gpus 1`: Ray Train fits the repainter on 1 GPU, then the
-   painting actors paint on it; against `--gpus 0`. Printed: training steps/s and painted images/s.
+   painting actors paint on it (`--paint-batch 16`); against `--gpus 0`. Printed: training steps/s and painted images/s.
 2. `torchrun train/classify.py` (NCCL, `--amp`, `--channels-last`, SAGE) on those shards vs `--cpu`:
    training images/s from metrics.csv.
 3. `torchrun train/detect.py` (EfficientDet-D0, NCCL, AMP) on COCO128 shards vs `--cpu`, when
@@ -49,7 +49,8 @@ def job(work: Path, gpus: float, steps: int, images: int) -> dict:
     out = work / f"shards-gpu{gpus:g}"
     ok, seconds = timed([sys.executable, "pipeline/generate.py", "--source", f"demo:{images}:96", "--out", str(out),
                          "--gpus", str(gpus), "--repainter-steps", str(steps), "--repaint-size", "64",
-                         "--variants", "4", "--workers", "1", "--local", "--no-progress"], out.with_suffix(".log"))
+                         "--variants", "4", "--paint-batch", "16", "--workers", "1", "--local", "--no-progress"],
+                        out.with_suffix(".log"))
     if not ok:
         return {"ok": False, "log": str(out.with_suffix(".log"))}
     json.loads((out / "manifest.json").read_text())  # written last: the job finished
