@@ -24,9 +24,9 @@ from .assemble import TIMM_INFO_NAME, build_manifest, job_fingerprint, timm_info
 from .job_config import GenerateConfig
 from .preview import PREVIEW_NAME, PREVIEW_SAMPLES, preview_png
 from .records import RecordSettings
-from .repaint.job import REPAINTER_FILE, obtain_repainter, start_painters
+from .repaint.job import REPAINTER_FILE, node_origin, obtain_repainter, start_painters
 from .repaint.quality import QUALITY_LIMIT, measure_shards
-from .shards import ShardPlan, load_done, node_origin, plan_shards, shuffled, write_shard
+from .shards import ShardPlan, load_done, plan_shards, shuffled, write_shard
 from .sources import open_source
 from .store import LocalStore, Store, open_store
 

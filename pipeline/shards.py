@@ -3,7 +3,7 @@
 A shard is written to a temporary file, fsynced, then renamed into its folder or uploaded to its
 bucket (`store.py`); it counts as done only once its done-record (sha256, bytes, samples, skips) is
 stored in `.progress/`. A resume re-hashes every shard against its record, keeps what verifies and
-redoes the rest. No Ray here (but for `node_origin`): the job calls these.
+redoes the rest. No Ray here: the job calls these.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,14 +57,6 @@ def shuffled(records: list[Record], seed: int) -> list[Record]:
         return hashlib.sha256(f"{seed}:order:{record.index}".encode()).digest()
 
     return sorted(records, key=rank)
-
-
-def node_origin() -> dict:
-    """Which Ray node and host this runs on, for a done-record (`write_shard(origin=...)`). Only the
-    job's tasks and actors call it; the manifest never holds it (node ids change from run to run)."""
-    import ray
-
-    return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
 
 
 def write_shard(

@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,11 @@ def test_job_submitted_to_a_two_node_cluster_writes_shards_from_both_nodes(s3, b
                       "--samples-per-shard", "20", "--workers", "2", "--variants", "0", "--out", url, "--no-progress"]
         submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{port}",
                   "--", *entrypoint]
-        done = subprocess.run(submit, cwd=REPO, capture_output=True, text=True, timeout=400)
+        for _ in range(60):  # the head's job agent may start after the dashboard answers: Ray says "try again later"
+            done = subprocess.run(submit, cwd=REPO, capture_output=True, text=True, timeout=400)
+            if "No available agent to submit job" not in done.stdout + done.stderr:
+                break
+            time.sleep(2)
         assert done.returncode == 0 and "succeeded" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
         records = s3.client().list_objects_v2(Bucket=bucket, Prefix="multinode/.progress/")["Contents"]
         writers = {}

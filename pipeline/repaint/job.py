@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -23,7 +24,7 @@ from manifests.manifest import atomic_write_bytes, dumps_canonical
 from ..demo_data import MAX_OBJECTS
 from ..job_config import GenerateConfig
 from ..records import RecordSettings
-from ..shards import ShardPlan, node_origin, write_shard
+from ..shards import ShardPlan, write_shard
 from ..sources import Record, Source
 from .config import RepainterConfig
 from .data import RepaintSet, build_repaint_set
@@ -116,6 +117,13 @@ def obtain_repainter(cfg: GenerateConfig, source: Source, records: list[Record],
     path = folder / Path(REPAINTER_FILE).name
     _, _, _, info = load_repainter(path)
     return path, {**info, "trained_by_this_job": True, "training": summary}
+
+
+def node_origin() -> dict:
+    """Which Ray node and host a shard was written on, for its done-record. Here because this module
+    and pipeline/job.py are the ones allowed to import ray; the manifest never holds it (node ids
+    change from run to run)."""
+    return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
 
 
 class ShardPainter:
