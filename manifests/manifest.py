@@ -56,12 +56,17 @@ def fsync_dir(directory: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+def sha256_stream(stream: BinaryIO, chunk: int = 1 << 20) -> str:
+    """The sha256 of what is left to read in `stream` (a file, or an object store's body)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
+    while block := stream.read(chunk):
+        digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    with open(path, "rb") as f:
+        return sha256_stream(f)
 
 
 def manifest_path(path: str | os.PathLike) -> Path | str:

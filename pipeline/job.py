@@ -195,7 +195,7 @@ def read_back(store: Store, manifest: dict, cfg: GenerateConfig, repaint_info: d
     manifest["repainter"]["quality"] = quality
 
 
-def _repainter_for_painting(cfg: GenerateConfig, store: Store, checkpoint: Path) -> str:
+def _repainter_for_painting(store: Store, checkpoint: Path) -> str:
     """Painting actors may run on any node: with an object store they read the weights from the bucket."""
     if isinstance(store, LocalStore):
         return str(checkpoint)
@@ -221,7 +221,7 @@ def run_job(cfg: GenerateConfig) -> str:
         if cfg.variants:
             work = Path(cfg.work or cfg.out).resolve()
             checkpoint, repaint_info = obtain_repainter(cfg, source, records, settings, work, session.start)
-            repainter = _repainter_for_painting(cfg, store, checkpoint)
+            repainter = _repainter_for_painting(store, checkpoint)
             # Shards painted by other weights are other shards: the repainter's hash joins the fingerprint.
             fingerprint = hashlib.sha256(f"{fingerprint}:{repaint_info['sha256']}".encode()).hexdigest()
         done = [d for p in plans if (d := load_done(store, p, fingerprint)) is not None]

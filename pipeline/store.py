@@ -11,13 +11,12 @@ boto3's usual chain (`manifests.objectstore`), never from the job's settings.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from manifests.manifest import atomic_write_bytes, fsync_dir, sha256_file
+from manifests.manifest import atomic_write_bytes, fsync_dir, sha256_file, sha256_stream
 from manifests.objectstore import (
     is_object_url,
     join_url,
@@ -104,11 +103,8 @@ class ObjectStore:
         return object_size(self.url(name))
 
     def sha256(self, name: str) -> str:
-        digest = hashlib.sha256()
         with open_object(self.url(name)) as body:
-            while block := body.read(1 << 20):
-                digest.update(block)
-        return digest.hexdigest()
+            return sha256_stream(body)
 
     def temporary(self, name: str) -> Path:
         return Path(tempfile.gettempdir()) / _temporary_name(name)

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,10 +35,14 @@ def run_two_node_job(url: str) -> dict:
     # Ray's default temp folder, $TMPDIR/ray (the test session's private one): the Jobs API gives the
     # entrypoint the address recorded there, which must be this cluster's and not another live one's.
     # The nodes inherit this process's AWS_* settings, as nodes with credentials of their own would.
+    # Each node's dashboard agent gets a free port of its own: at Ray's fixed default (52365) it cannot
+    # bind while another Ray runs on this machine (the session's shared one), and a head without its
+    # agent answers every `ray job submit` with "No available agent" for ever.
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port})
+        "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
+        "dashboard_agent_listen_port": _free_port()})
     try:
-        worker = cluster.add_node(num_cpus=1)
+        worker = cluster.add_node(num_cpus=1, dashboard_agent_listen_port=_free_port())
         cluster.wait_for_nodes()
         entrypoint = [sys.executable, str(REPO / "pipeline" / "generate.py"), "--source", "demo:400:48",
                       "--samples-per-shard", "20", "--workers", "2", "--variants", "0", "--out", url, "--no-progress"]
@@ -57,15 +62,14 @@ def run_two_node_job(url: str) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.timeout(500)
-@pytest.mark.skipif(os.environ.get("RUN_MULTINODE") != "1", reason=(
-    "run alone: RUN_MULTINODE=1 pytest tests/test_multinode.py (after other Ray-backed tests in the same "
-    "session the two-node cluster hangs; not yet understood)"))
 def test_job_submitted_to_a_two_node_cluster_writes_shards_from_both_nodes(s3, bucket):
     url = f"s3://{bucket}/multinode"
-    # A fresh interpreter: the session's shared in-process Ray (other tests) made the cluster hang.
+    # A fresh interpreter with a temp folder of its own, so nothing of the session's shared Ray is seen.
+    own_tmp = tempfile.mkdtemp(prefix="mn")  # inside the session's; short, for Ray's socket paths
     done = subprocess.run([sys.executable, "-c", f"import json, tests.test_multinode as m; "
                            f"print(json.dumps(m.run_two_node_job({url!r})))"],
-                          cwd=REPO, capture_output=True, text=True, timeout=450)
+                          cwd=REPO, capture_output=True, text=True, timeout=450,
+                          env={**os.environ, "TMPDIR": own_tmp})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     nodes = json.loads(done.stdout.strip().splitlines()[-1])
     records = s3.client().list_objects_v2(Bucket=bucket, Prefix="multinode/.progress/")["Contents"]
