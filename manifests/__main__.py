@@ -66,6 +66,8 @@ def show(path: str) -> int:
         r = m["repainter"]
         lines.append(f"repainter   sha256 {r['sha256'][:16]}..  step {r['step']}  painted at {r['repaint_size']}px"
                      f"  fraction {r['repaint_fraction']}")
+        if trained_on := ((r.get("training") or {}).get("metrics") or {}).get("trained_on"):
+            lines.append(f"trained on  {trained_on} (another CPU ISA or a GPU trains other weights)")
         lines += _quality_lines(r.get("quality") or {})
     if m.get("preview"):
         lines.append(f"preview     {str(manifest_path(path)).rsplit('/', 1)[0]}/{m['preview']}")

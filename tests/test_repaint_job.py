@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import webdataset as wds
 from PIL import Image
 
@@ -52,6 +53,8 @@ def test_job_trains_on_ray_train_and_writes_variants_at_the_stored_size(trained)
     assert manifest["segmenter"] == {"name": "demo", "params": {"dataset_seed": 0}}  # the demo's default
     training = manifest["repainter"]["training"]
     assert training["metrics"]["step"] == 3 and 0 <= training["metrics"]["proxy_acc_painted"] <= 1
+    # what else decides the weights bit for bit: this CPU's kernel ISA
+    assert training["metrics"]["trained_on"] == f"cpu {torch.backends.cpu.get_cpu_capability()}"
     quality = manifest["repainter"]["quality"]  # measured on the written shards
     assert quality["images"] > 0 and set(quality["boundary_f"]) == {"variant", "original", "unrelated_original"}
     assert quality["colour_distance"]["variant_vs_variant"] > 0 and "proxy_acc_real" in quality
@@ -79,6 +82,7 @@ def test_preview_grid_is_written_and_shown(trained, capsys):
     assert manifests_cli(["show", str(trained)]) == 0
     shown = capsys.readouterr().out
     assert f"preview     {preview}" in shown and "repainter   sha256" in shown and "segmenter   demo" in shown
+    assert "trained on  cpu " in shown
     assert "variants    boundary F" in shown and "between two variants" in shown and "proxy task  top-1" in shown
 
 

@@ -166,6 +166,15 @@ def _report(nets: RepainterNets, step: int, metrics: dict, rank: int) -> None:
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
+def numerics_of(device: torch.device) -> str:
+    """What, besides the inputs and settings, decides the trained weights bit for bit: on CPU the
+    vector ISA torch's kernels dispatch to (the same command trains a different repainter with
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 than on this machine's AVX-512), on GPU the device."""
+    if device.type == "cuda":
+        return f"cuda {torch.cuda.get_device_name(device)}"
+    return f"cpu {torch.backends.cpu.get_cpu_capability()}"
+
+
 def train_loop(config: dict) -> None:
     """Runs on every Ray Train worker."""
     cfg, t = RepainterConfig(**config["model"]), TrainSettings(**config["training"])
@@ -198,8 +207,10 @@ def train_loop(config: dict) -> None:
             log.write(step + 1, losses)
         if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps:
             metrics = {"step": step + 1, **losses}
-            if step + 1 == t.steps and rank == 0 and len(val):
-                metrics.update(evaluate(nets, val, cfg, device, t.seed))
+            if step + 1 == t.steps and rank == 0:
+                metrics["trained_on"] = numerics_of(device)
+                if len(val):
+                    metrics.update(evaluate(nets, val, cfg, device, t.seed))
             _report(nets, step + 1, metrics, rank)
     bar.close()
     if log:
