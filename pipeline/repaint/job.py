@@ -38,14 +38,14 @@ CHUNK = 64  # records per data-preparation task
 
 
 def label_channel_count(cfg: GenerateConfig, source: Source) -> int:
-    """One-hot channels + boundary: 16 area-ranked segments for fh, one per class otherwise."""
+    """One-hot channels + boundary: the config's default for fh (area-ranked segments), one per class otherwise."""
     if cfg.segmenter == "coco":
         return len(source.classes) + 2  # background + categories + boundary
     if cfg.segmenter.startswith("deeplab:"):
         return cfg.segmentation.num_classes + 1
     if cfg.segmenter == "demo":
         return MAX_OBJECTS + 2  # background + one channel per object + boundary
-    return 17
+    return RepainterConfig.label_channels
 
 
 def model_config(cfg: GenerateConfig, source: Source) -> RepainterConfig:
