@@ -37,6 +37,15 @@ def test_cluster_yaml_validates_against_rays_schema():
     assert "--env RAY_AUTH_MODE=token" in config["docker"]["run_options"]
 
 
+def test_on_premises_cluster_yaml_validates_against_rays_schema():
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    config = yaml.safe_load((REPO / "docker" / "cluster-local.yaml").read_text())
+    jsonschema.validate(config, schema)
+    assert config["provider"]["type"] == "local" and config["provider"]["head_ip"] == "HEAD_IP"
+    assert "RAY_AUTH_MODE=token" in " ".join(config["head_start_ray_commands"] + config["worker_start_ray_commands"])
+    assert "VENV_BIN" in config["setup_commands"][0]  # bench/ray_submit_local.sh fills these in
+
+
 def test_dockerfile_installs_the_same_pins():
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
     pins = _pins()
