@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -91,9 +92,15 @@ def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
 
 
 def decode_image(
-    data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft: Callable[[Image.Image], tuple[int, int] | None] | None = None,
 ) -> DecodedImage:
-    """Decode `data` (the bytes of file `name`) to an RGB image, or raise ImageDecodeError."""
+    """Decode `data` (the bytes of file `name`) to an RGB image, or raise ImageDecodeError.
+
+    `draft`, for a single-frame JPEG stored upright, is called with the opened image before any pixel
+    is decoded (its size is the header's); the size it returns, if any, is the least the caller needs, and the
+    JPEG is decoded DCT-scaled by 1/2, 1/4 or 1/8 down to no less than it (PIL's draft mode). It is
+    not called for other images (so `DecodedImage.image.size` tells what was decoded)."""
     if len(data) == 0:
         raise ImageDecodeError(name, "empty file (0 bytes)")
     with warnings.catch_warnings():
@@ -125,6 +132,10 @@ def decode_image(
         frames = getattr(img, "n_frames", 1)  # animated GIF/PNG/WebP, multi-page TIFF
         if frames > 1:
             notes.append(f"{frames} frames: only the first kept")
+        upright = not _may_carry_orientation(img) or img.getexif().get(0x0112, 1) in (1, None)
+        if draft is not None and fmt == "JPEG" and frames == 1 and upright:
+            if (least := draft(img)) is not None:
+                img.draft(None, least)
         try:
             img.load()
             orientation = img.getexif().get(0x0112, 1) if _may_carry_orientation(img) else 1

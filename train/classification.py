@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,22 +10,27 @@ import timm
 import torch
 import torch.nn.functional as F
 import torchvision
-from timm.data import Mixup, create_transform
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from manifests import decode_image
 
 from .distributed import DistInfo, all_reduce_sum
+from .fastdecode import BatchNormalize, CropFirstDecode
 from .shifts import Shifted, parse_shifts, shift_label
 from .stream import EvalStream, ShardSet, open_shard_set, read_image, seed_augmentation
 
 
 class ClassificationDecoder:
-    """sample -> (image tensor, class index); the classification trainer's sample decoder."""
+    """sample -> (image tensor, class index); the classification trainer's sample decoder.
 
-    def __init__(self, transform: Callable, num_classes: int | None = None):
+    With `crop_first` (training), the transform's random-resized crop is drawn before the decode and
+    a large JPEG is decoded only as large as that crop needs (train/fastdecode.py)."""
+
+    def __init__(self, transform: Callable, num_classes: int | None = None, crop_first: bool = False):
         self.transform, self.num_classes = transform, num_classes
+        self.crop_first = CropFirstDecode(transform) if crop_first else None
 
     def __call__(self, sample: dict, image_field: str, aug_seed: int | None) -> tuple:
         if "cls" not in sample:
@@ -38,10 +44,11 @@ class ClassificationDecoder:
             raise ValueError(f"cls {label} is negative")
         if self.num_classes is not None and label >= self.num_classes:
             raise ValueError(f"cls {label} is outside the set's {self.num_classes} classes")
-        image = read_image(sample, image_field)
-        if aug_seed is not None:
+        if aug_seed is not None:  # before the decode: the crop-first path draws its crop there
             seed_augmentation(aug_seed)
-        return self.transform(image), label
+        if self.crop_first is not None:
+            return self.crop_first(functools.partial(read_image, sample, image_field)), label
+        return self.transform(read_image(sample, image_field)), label
 
 
 class _SafeImageFolder(Dataset):
@@ -82,11 +89,12 @@ class ClassificationTask:
         return timm.create_model(args.model, pretrained=False, num_classes=num_classes)
 
     def train_decoder(self, args, labels: list[str] | None = None) -> ClassificationDecoder:
-        """timm's training transform; colour jitter applies to originals and variants alike."""
+        """timm's training transform, crop first and ending in uint8 (`phase_parts`' `prepare`
+        normalises the batch); colour jitter applies to originals and variants alike."""
         jitter = (args.color_jitter,) * 3 + (args.hue_jitter,)
         transform = create_transform(args.img_size, is_training=True, scale=tuple(args.scale), color_jitter=jitter,
-                                     grayscale_prob=args.grayscale_prob)
-        return ClassificationDecoder(transform, len(labels) if labels else None)
+                                     grayscale_prob=args.grayscale_prob, use_prefetcher=True)
+        return ClassificationDecoder(transform, len(labels) if labels else None, crop_first=True)
 
     def phase_parts(self, args, num_classes: int) -> dict:
         """Mixer and loss of one phase; a fresh mixer per phase keeps its generator's draws per phase."""
@@ -104,7 +112,7 @@ class ClassificationTask:
         if criterion is None:
             criterion = SoftTargetCrossEntropy() if mixer is not None else LabelSmoothingCrossEntropy(args.smoothing)
         return {"mix": args.mix, "mixer": mixer, "criterion": criterion, "update_ratio": args.update_ratio,
-                "sage_loss": args.sage_loss}
+                "sage_loss": args.sage_loss, "prepare": BatchNormalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)}
 
     def val_loader(self, args, dist: DistInfo, labels: list[str], shift: tuple[str, int] | None = None
                    ) -> DataLoader | None:

@@ -40,6 +40,7 @@ class StepContext:
     scaler: torch.amp.GradScaler | None = None
     ema: Any = None
     channels_last: bool = False
+    prepare: Callable | None = None  # on the device, per batch: e.g. uint8 -> normalised float
     num_updates: int = 0
 
 
@@ -106,6 +107,7 @@ def train_one_epoch(ctx: StepContext, loader, epoch_key: int, start_step: int, t
     for step, (x, y, bad) in enumerate(loader, start=start_step):
         _seed_step(ctx, epoch_key, step)
         x = x.to(ctx.device, non_blocking=True)
+        x = ctx.prepare(x) if ctx.prepare is not None else x
         x = x.contiguous(memory_format=torch.channels_last) if ctx.channels_last else x
         y = to_device(y, ctx.device)
         losses = _forward_backward(ctx, x, y)

@@ -138,12 +138,14 @@ def choose_field(sample: dict, seed: int, epoch: int, orig_prob: float, use_vari
     return original if rng.random() < orig_prob else rng.choice(variants)
 
 
-def read_image(sample: dict, image_field: str):
-    """The chosen image of a sample, safely decoded; a pickle member makes the sample bad."""
+def read_image(sample: dict, image_field: str, draft: Callable | None = None):
+    """The chosen image of a sample, safely decoded (see `decode_image` for `draft`); a pickle member
+    makes the sample bad. The other images of the sample are never decoded."""
     for name in sample:
         if not name.startswith("__"):
             check_field(name)  # never decoded, only refused
-    return decode_image(sample[image_field], f"{sample['__url__']}:{sample['__key__']}.{image_field}").image
+    where = f"{sample['__url__']}:{sample['__key__']}.{image_field}"
+    return decode_image(sample[image_field], where, draft=draft).image
 
 
 def seed_augmentation(aug_seed: int) -> None:
