@@ -200,17 +200,19 @@ def run_experiment(cfg: ExperimentConfig) -> list[dict]:
     _check_val_classes(cfg, sorted(classes))
     shifts = [shift_label(*s) for s in parse_shifts(cfg.val_shift)]
     plan = [(f, s, a) for f in cfg.fractions for s in cfg.seeds for a in cfg.arms]
-    rows, started = [], time.monotonic()
+    rows, started, trained = [], time.monotonic(), 0
     for done_count, (fraction, seed, arm) in enumerate(plan):
         subset_seed = seed if cfg.subset_seed == "per-seed" else 0
         where = out / f"fraction-{fraction:g}" / f"subset-{subset_seed}"
         images = materialise(choose_subset(classes, fraction, subset_seed), where / "images")
         shards = shard_set(cfg, images, ARMS[arm][0], where / f"shards-{ARMS[arm][0]}")
-        summary = train_run(cfg, arm, seed, shards, out / "runs" / f"fraction-{fraction:g}" / arm / f"seed-{seed}")
+        run_dir = out / "runs" / f"fraction-{fraction:g}" / arm / f"seed-{seed}"
+        trained += not (run_dir / "summary.json").exists()  # the ETA counts runs trained now, not reused
+        summary = train_run(cfg, arm, seed, shards, run_dir)
         rows += [{"arm": arm, "seed": seed, "fraction": fraction, "eval_set": name,
                   "top1": summary["top1" if name == "clean" else f"top1_{name}"]} for name in ["clean", *shifts]]
         elapsed = time.monotonic() - started
-        eta = elapsed / (done_count + 1) * (len(plan) - done_count - 1)
+        eta = elapsed / max(1, trained) * (len(plan) - done_count - 1)
         print(f"[{done_count + 1}/{len(plan)}] fraction {fraction:g} seed {seed} {arm}: top1 {summary['top1']:.1f}"
               f" ({cfg.epochs}+{cfg.finetune_epochs} epochs)  elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min",
               flush=True)
