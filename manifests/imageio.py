@@ -132,8 +132,9 @@ def decode_image(
         frames = getattr(img, "n_frames", 1)  # animated GIF/PNG/WebP, multi-page TIFF
         if frames > 1:
             notes.append(f"{frames} frames: only the first kept")
-        upright = not _may_carry_orientation(img) or img.getexif().get(0x0112, 1) in (1, None)
-        if draft is not None and fmt == "JPEG" and frames == 1 and upright:
+        # EXIF is parsed only when a draft is asked for: decoding without one pays nothing for it.
+        if draft is not None and fmt == "JPEG" and frames == 1 and (
+                not _may_carry_orientation(img) or img.getexif().get(0x0112, 1) in (1, None)):
             if (least := draft(img)) is not None:
                 img.draft(None, least)
         try:

@@ -2,8 +2,9 @@
 
 - **The crop before the decode.** The random-resized crop is drawn on the size in the image's header,
   before any pixel is decoded, and a JPEG much larger than the crop's output is decoded DCT-scaled
-  (PIL's draft mode: 1/2, 1/4 or 1/8, never below what the crop needs). A 640 px COCO image cropped
-  to 224 px then decodes up to 16x fewer pixels. The draws are timm's own, in timm's order, so the
+  (PIL's draft mode: 1/2, 1/4 or 1/8, never below what the crop needs). It pays where the crop is
+  small next to the stored image (a 640 px JPEG cropped to 64 px: every crop drafted in the test);
+  at 224 px from 640 px few crops are (bench/bench_loader.py: 1.07x). The draws are timm's own, in timm's order, so the
   crop boxes and flips are those of `timm.data.create_transform` for the same seed.
 - **uint8 until the batch.** Samples leave the loader's workers as uint8 (a quarter of the bytes
   through shared memory); `BatchNormalize` converts and normalises the whole batch once, on the
