@@ -1,13 +1,15 @@
 """Does a shard set's repainting keep shapes and change textures? Measured on what the shards hold.
 
-    python bench/measure_repaint.py SHARD_DIR [--size 64] [--limit 500]
+    python bench/measure_repaint.py SHARD_DIR [--size 64] [--limit 500] [--colour-cue]
 
 The measures are `pipeline/repaint/quality.py`'s (the job records the same figures, on 64 repainted
 samples read from the last shard backwards, in the manifest): boundary F-score and edge contrast of
 the variants against the stored label map, with the original (ceiling) and an unrelated original
 (floor), and colour distances
 (variant vs original, variant vs variant). Also prints the repainter's training metrics from the
-manifest (the proxy task's top-1 on held-out originals and their paintings).
+manifest (the proxy task's top-1 on held-out originals and their paintings). `--colour-cue` adds
+`quality.colour_cue` on the same samples (a classification set): the top-1 a colour-histogram
+classifier reaches on originals, and when trained on the variants, on variants and on originals.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from manifests import read_manifest  # noqa: E402
-from pipeline.repaint.quality import measure_shards  # noqa: E402
+from pipeline.repaint.quality import colour_cue, measure_variants, read_repainted  # noqa: E402
 
 
 def main() -> None:
@@ -28,10 +30,18 @@ def main() -> None:
     p.add_argument("shards", type=Path)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--limit", type=int, default=500)
+    p.add_argument("--colour-cue", action="store_true", help="also how much class colour alone carries")
     args = p.parse_args()
     # last shard first, as the job measures: the repainter trained on the first images of the order
     urls = sorted((str(path) for path in args.shards.glob("shard-*.tar")), reverse=True)
-    result = measure_shards(urls, args.size, args.limit)
+    read = read_repainted(urls, args.size, args.limit)
+    if read is None:
+        raise SystemExit(f"{args.shards}: needs at least 2 repainted samples with 2 variants each")
+    result = measure_variants(read["originals"], read["variants"], read["label_maps"])
+    if args.colour_cue:
+        if (read["labels"] < 0).any():
+            raise SystemExit(f"{args.shards}: --colour-cue needs a classification set (a cls field per sample)")
+        result["colour_cue_top1"] = colour_cue(read["originals"], read["variants"], read["labels"])
     manifest = read_manifest(args.shards)
     result["repainter_metrics"] = ((manifest.get("repainter") or {}).get("training") or {}).get("metrics")
     print(json.dumps(result, indent=1))

@@ -42,3 +42,32 @@ def test_a_short_demo_training_keeps_shapes_and_changes_colours():
     quality = measure_variants(images[128:], variants, maps[128:])
     assert quality["boundary_f_gap_closed"] >= 0.7, quality
     assert quality["colour_distance"]["variant_vs_variant"] >= 40, quality
+
+
+def _coloured_set(rng, n: int, colour_of_class: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Originals filled with their class's colour (+ noise); 3 variants each, painted in the class
+    colour too (`colour_of_class`) or in colours drawn at random."""
+    palette = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200]])
+    labels = np.arange(n) % 3
+    noise = lambda *shape: rng.integers(-25, 26, (*shape, 8, 8, 3))  # noqa: E731
+    originals = (palette[labels][:, None, None] + noise(n)).clip(0, 255).astype(np.uint8)
+    fills = (palette[labels][:, None] if colour_of_class else rng.integers(0, 256, (n, 3, 3)))
+    variants = (fills[:, :, None, None] + noise(n, 3)).clip(0, 255).astype(np.uint8)
+    return originals, variants, labels
+
+
+def test_colour_cue_tells_class_colours_from_colour_free_variants():
+    from pipeline.repaint.quality import colour_cue, colour_histograms
+
+    rng = np.random.default_rng(0)
+    originals, keeping, labels = _coloured_set(rng, 150, colour_of_class=True)
+    assert np.allclose(colour_histograms(keeping).sum(-1), 1.0)
+    kept = colour_cue(originals, keeping, labels)
+    assert kept["images"] == 30 and kept["chance"] == pytest.approx(100 / 3)
+    assert kept["originals_on_originals"] == 100.0
+    assert kept["variants_on_originals"] == 100.0  # the variants teach the originals' class colours
+    _, free, _ = _coloured_set(rng, 150, colour_of_class=False)
+    freed = colour_cue(originals, free, labels)
+    assert freed["originals_on_originals"] == 100.0
+    assert freed["variants_on_variants"] < 55 and freed["variants_on_originals"] < 60
+    assert colour_cue(originals, free, labels) == freed  # deterministic

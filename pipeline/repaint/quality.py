@@ -10,6 +10,11 @@ Scores come for the variants, the original itself (the ceiling) and an unrelated
 floor); `gap_closed` = (variant - unrelated) / (original - unrelated).
 - colour distance: mean per-pixel RGB distance (0-255) of a variant to its original and between two
   variants of one image (do new seeds give new colours?).
+
+And, with the class labels (`colour_cue`, in `bench/measure_repaint.py --colour-cue`): how much of the
+class a classifier reads from colour alone, on the originals and on the variants. Variants that only
+trade one class-typical palette for another (a red car ground, a blue sky behind a plane) still teach
+a classifier to read colour; variants whose colours carry no class leave it the shapes.
 """
 
 from __future__ import annotations
@@ -94,10 +99,11 @@ def code_spread(generator, labels, seed: int = 0) -> float:
 QUALITY_LIMIT = 64  # repainted samples measured; up to 4x as many samples are read to find them
 
 
-def measure_shards(urls: list[str], size: int, limit: int = QUALITY_LIMIT) -> dict:
-    """`measure_variants` on the first `limit` repainted samples of written shards, read back with
-    webdataset (what the shards hold: resized to the stored size, JPEG-encoded), at `size` x `size`
-    (label maps by nearest, images by bicubic)."""
+def read_repainted(urls: list[str], size: int, limit: int = QUALITY_LIMIT) -> dict[str, np.ndarray] | None:
+    """The first `limit` repainted samples of written shards, read back with webdataset (what the
+    shards hold: resized to the stored size, JPEG-encoded), at `size` x `size` (label maps by
+    nearest, images by bicubic): {"originals", "variants", "label_maps", "labels"} (labels: the
+    `cls` field, -1 where a sample has none), or None with fewer than 2 samples of 2 variants."""
     import itertools
 
     import webdataset as wds
@@ -114,9 +120,72 @@ def measure_shards(urls: list[str], size: int, limit: int = QUALITY_LIMIT) -> di
                if "seg.png" in s][:limit]
     variants = sorted(k for k in (samples[0] if samples else {}) if k.startswith("rp"))
     if len(samples) < 2 or len(variants) < 2:
+        return None
+    return {"originals": np.stack([rgb(s["jpg"] if "jpg" in s else s["png"]) for s in samples]),
+            "variants": np.stack([np.stack([rgb(s[v]) for v in variants]) for s in samples]),
+            "label_maps": np.stack([np.asarray(Image.fromarray(decode_label_map(s["seg.png"], "seg.png")).resize(
+                (size, size), Image.Resampling.NEAREST)) for s in samples]),
+            "labels": np.array([int(s["cls"]) if "cls" in s else -1 for s in samples])}
+
+
+def measure_shards(urls: list[str], size: int, limit: int = QUALITY_LIMIT) -> dict:
+    """`measure_variants` on the first `limit` repainted samples of written shards (`read_repainted`)."""
+    read = read_repainted(urls, size, limit)
+    if read is None:
         return {"images": 0, "note": "needs at least 2 repainted samples with 2 variants each"}
-    originals = np.stack([rgb(s["jpg"] if "jpg" in s else s["png"]) for s in samples])
-    painted = np.stack([np.stack([rgb(s[v]) for v in variants]) for s in samples])
-    maps = np.stack([np.asarray(Image.fromarray(decode_label_map(s["seg.png"], "seg.png")).resize(
-        (size, size), Image.Resampling.NEAREST)) for s in samples])
-    return measure_variants(originals, painted, maps)
+    return measure_variants(read["originals"], read["variants"], read["label_maps"])
+
+
+def colour_histograms(images: np.ndarray, bins: int = 4) -> np.ndarray:
+    """uint8 [..., H, W, 3] -> [..., bins**3]: the share of the pixels in each RGB bin."""
+    q = images.astype(np.int64) // (256 // bins)
+    index = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
+    flat = index.reshape(-1, index.shape[-2] * index.shape[-1])
+    hist = np.stack([np.bincount(row, minlength=bins**3) for row in flat]) / flat.shape[1]
+    return hist.reshape(*images.shape[:-3], bins**3)
+
+
+def _softmax_regression(x: np.ndarray, y: np.ndarray, classes: int, steps: int = 500, lr: float = 0.5,
+                        l2: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression by full-batch gradient descent: convex, so a fixed number of
+    steps from zero gives the same fit on any machine (up to float rounding)."""
+    w, b = np.zeros((x.shape[1], classes)), np.zeros(classes)
+    target = np.eye(classes)[y]
+    for _ in range(steps):
+        logits = x @ w + b
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        w -= lr * (x.T @ (p - target) / len(x) + l2 * w)
+        b -= lr * (p - target).mean(0)
+    return w, b
+
+
+def colour_cue(originals: np.ndarray, variants: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict:
+    """Top-1 (%) of a colour-histogram classifier, trained on 80 % of the images and tested on the rest
+    (a variant is tested only if its image is): trained on originals and tested on originals, trained
+    on variants and tested on variants, and trained on variants and tested on originals (do the
+    variants' colours teach the originals' class colours?). originals uint8 [N, S, S, 3], variants
+    [N, V, S, S, 3], labels int [N]."""
+    classes = int(labels.max()) + 1
+    order = np.random.default_rng(seed).permutation(len(labels))
+    train, test = order[: int(0.8 * len(order))], order[int(0.8 * len(order)):]
+    h_orig, h_var = colour_histograms(originals), colour_histograms(variants)
+    n_var = h_var.shape[1]
+    flat = lambda h: h.reshape(-1, h.shape[-1])  # noqa: E731
+
+    def fit(x: np.ndarray, y: np.ndarray):
+        # Standardised on its own training set; the floor keeps bins its images hardly use (1 % of the
+        # pixels) from dominating on a test set that does use them.
+        mean, std = x.mean(0), np.maximum(x.std(0), 0.01)
+        return mean, std, _softmax_regression((x - mean) / std, y, classes)
+
+    def top1(model, x: np.ndarray, y: np.ndarray) -> float:
+        mean, std, (w, b) = model
+        return float(((((x - mean) / std) @ w + b).argmax(1) == y).mean() * 100)
+
+    on_orig = fit(h_orig[train], labels[train])
+    on_var = fit(flat(h_var[train]), np.repeat(labels[train], n_var))
+    return {"images": int(len(test)), "chance": 100.0 / classes,
+            "originals_on_originals": top1(on_orig, h_orig[test], labels[test]),
+            "variants_on_variants": top1(on_var, flat(h_var[test]), np.repeat(labels[test], n_var)),
+            "variants_on_originals": top1(on_var, h_orig[test], labels[test])}
