@@ -56,9 +56,13 @@ class GenerateConfig:
               "resized back to the stored size", check=lambda v: v >= 16 and v % 4 == 0,
         must="a multiple of 4, >= 16", group=REPAINTER, metavar="PX")
     region_keep_prob: float = flag(
-        0.5, "per variant and region: keep (a sample of) the region's own style with probability P, else paint "
-             "it with a new one (0: every region new)", check=lambda v: 0 <= v < 1, must="in [0, 1)",
+        0.0, "painting the shards: per variant and region, keep (a sample of) the region's own style with "
+             "probability P, else paint it with a new one (default 0: every region new, so a variant's colours "
+             "carry no trace of the original's class colours)", check=lambda v: 0 <= v < 1, must="in [0, 1)",
         group=REPAINTER, metavar="P")
+    train_region_keep_prob: float = flag(
+        0.5, "the same share in the variant paintings the repainter trains on (D, T and the task loss judge "
+             "them)", check=lambda v: 0 <= v < 1, must="in [0, 1)", group=REPAINTER, metavar="P")
     segmenter: str | None = flag(
         None, "fh[:scale=S,sigma=G,min_size=M] (default for folders and COCO) | deeplab:WEIGHTS.pt | coco "
               "(ground-truth polygons) | demo (the demo's own masks; its default)", group=REPAINTER)
@@ -169,8 +173,8 @@ class GenerateConfig:
             # paint_batch too: float rounding may differ with the batch, so a resume must not mix them.
             keep += ["repainter_steps", "repaint_size", "segmenter", "repaint_fraction", "variant_latent",
                      "paint_batch", "variant_hue", "variant_detail", "task_model", "task_loss", "task_weight",
-                     "task_warmup", "region_keep_prob", "repainter_images", "repainter_batch", "train_workers",
-                     "repainter_norm"]
+                     "task_warmup", "region_keep_prob", "train_region_keep_prob", "repainter_images",
+                     "repainter_batch", "train_workers", "repainter_norm"]
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 

@@ -181,8 +181,11 @@ def test_task_loss_flags_and_norm_reach_the_model():
     assert off.task_weight == 0.0 and off.norm == "instance"
     assert model_config(GenerateConfig(source="demo:8:32", repainter_norm="batch"), source).norm == "batch"
     assert model_config(GenerateConfig(source="demo:8:32"), source).num_classes == len(source.classes)
-    chosen = model_config(GenerateConfig(source="demo:8:32", region_keep_prob=0.25, task_warmup=7), source)
+    chosen = model_config(GenerateConfig(source="demo:8:32", train_region_keep_prob=0.25, task_warmup=7), source)
     assert chosen.keep_prob == 0.25 and chosen.task_warmup == 7 and chosen.label_channels == 5
+    # Training mixes kept and new regions; the shards are painted with every region new.
+    default = GenerateConfig(source="demo:8:32")
+    assert model_config(default, source).keep_prob == 0.5 and default.region_keep_prob == 0.0
     short = model_config(GenerateConfig(source="demo:8:32", repainter_steps=3), source)
     assert short.task_warmup == 3  # a warm-up longer than the training would never switch the task loss on
     defaults = GenerateConfig(source="demo:8:32"), GenerateConfig(source="imagefolder:/x", out="/tmp/x")

@@ -52,7 +52,7 @@ def model_config(cfg: GenerateConfig, source: Source) -> RepainterConfig:
     return RepainterConfig(label_channels=label_channel_count(cfg, source), num_classes=max(1, len(source.classes)),
                            multilabel=source.kind == "coco", task_model=cfg.task_model,
                            task_weight=cfg.task_weight if cfg.task_loss else 0.0, norm=cfg.repainter_norm,
-                           task_warmup=min(cfg.task_warmup, cfg.repainter_steps), keep_prob=cfg.region_keep_prob)
+                           task_warmup=min(cfg.task_warmup, cfg.repainter_steps), keep_prob=cfg.train_region_keep_prob)
 
 
 def training_set(cfg: GenerateConfig, source: Source, records: list[Record], settings: RecordSettings,
