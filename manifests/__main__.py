@@ -68,15 +68,17 @@ def show(path: str) -> int:
                      f"  fraction {r['repaint_fraction']}")
         if trained_on := ((r.get("training") or {}).get("metrics") or {}).get("trained_on"):
             lines.append(f"trained on  {trained_on} (another CPU ISA or a GPU trains other weights)")
-        lines += _quality_lines(r.get("quality") or {})
+        lines += _quality_lines(r.get("quality") or {}, (r.get("config") or {}).get("keep_prob"),
+                                r.get("region_keep_prob"))
     if m.get("preview"):
         lines.append(f"preview     {str(manifest_path(path)).rsplit('/', 1)[0]}/{m['preview']}")
     print("\n".join(lines))
     return 0
 
 
-def _quality_lines(q: dict) -> list[str]:
-    """The repainter's own measurements of its variants (pipeline/repaint/quality.py)."""
+def _quality_lines(q: dict, trained_mix: float | None = None, painting_mix: float | None = None) -> list[str]:
+    """The repainter's own measurements of its variants (pipeline/repaint/quality.py). The proxy's
+    figures come from its training, on paintings with the training's region keep-prob."""
     lines = []
     if q.get("images"):
         f, c = q["boundary_f"], q["colour_distance"]
@@ -89,6 +91,9 @@ def _quality_lines(q: dict) -> list[str]:
     if "proxy_acc_real" in q:
         lines.append(f"proxy task  top-1 on held-out originals {q['proxy_acc_real']:.1%}, "
                      f"on their variants {q.get('proxy_acc_painted', float('nan')):.1%}")
+        if None not in (trained_mix, painting_mix) and trained_mix != painting_mix:
+            lines.append(f"            (variants painted with the training's region keep-prob {trained_mix}; "
+                         f"the shards' variants use {painting_mix})")
     return lines
 
 

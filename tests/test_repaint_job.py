@@ -84,6 +84,8 @@ def test_preview_grid_is_written_and_shown(trained, capsys):
     assert f"preview     {preview}" in shown and "repainter   sha256" in shown and "segmenter   demo" in shown
     assert "trained on  cpu " in shown
     assert "variants    boundary F" in shown and "between two variants" in shown and "proxy task  top-1" in shown
+    # the job's defaults: the proxy was measured on the training's mix, the shards paint every region new
+    assert "the training's region keep-prob 0.5; the shards' variants use 0.0" in shown
 
 
 def test_rerun_reuses_the_training_and_rewrites_nothing(trained):
