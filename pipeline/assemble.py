@@ -86,6 +86,7 @@ def _repaint_entries(cfg: GenerateConfig, info: dict | None) -> dict:
         "segmenter": {"name": segmenter.name, "params": segmenter.params},
         "repainter": {"sha256": info["sha256"], "step": info["step"], "config": info["config"],
                       "trained_by_this_job": info["trained_by_this_job"], "training": info.get("training"),
+                      "style_bank": info.get("style_bank", 0),
                       "repaint_size": cfg.repaint_size, "repaint_fraction": cfg.repaint_fraction,
                       "variant_latent": cfg.variant_latent, "region_keep_prob": cfg.region_keep_prob,
                       "variant_hue": cfg.variant_hue, "variant_detail": cfg.variant_detail,

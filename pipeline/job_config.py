@@ -12,7 +12,7 @@ from manifests.flags import build_parser, flag, invalid_flags
 from manifests.imageio import DEFAULT_MAX_PIXELS
 from manifests.objectstore import is_object_url
 
-from .repaint.config import HUE_MODES
+from .repaint.config import HUE_MODES, LATENTS
 
 DEMO_STEPS = 300
 REPAINTER = "repainter (with --variants > 0)"
@@ -68,9 +68,10 @@ class GenerateConfig:
               "(ground-truth polygons) | demo (the demo's own masks; its default)", group=REPAINTER)
     repaint_fraction: float = flag(1.0, "repaint only this seeded fraction of the images",
                                    check=lambda v: 0 < v <= 1, must="in (0, 1]", group=REPAINTER, metavar="P")
-    variant_latent: str = flag("prior", "z of each variant: prior (N(0, I): new textures and colours) | "
-                                        "posterior (E of the original: variations near its own look)",
-                               group=REPAINTER, choices=("prior", "posterior"))
+    variant_latent: str = flag("prior", "new region codes of each variant: prior (N(0, I): new textures and "
+                                        "colours) | bank (E's code of a random region of a random training "
+                                        "image) | posterior (E of the original: variations near its own look)",
+                               group=REPAINTER, choices=LATENTS)
     variant_hue: str = flag("none", "after painting, rotate each variant's hues by seeded angles: none | image "
                                     "(one angle) | region (one per region: colours beyond the learned palette)",
                             group=REPAINTER, choices=HUE_MODES)

@@ -64,8 +64,39 @@ def test_posterior_latent_is_a_separate_deterministic_mode(checkpoint):
     posterior, prior = make("posterior"), make("prior")
     assert posterior == make("posterior") and posterior["rp0.jpg"] != prior["rp0.jpg"]
     assert posterior["seg.png"] == prior["seg.png"]
-    with pytest.raises(ValueError, match="variant latent 'uniform': expected prior or posterior"):
+    with pytest.raises(ValueError, match="variant latent 'uniform': expected one of prior, bank, posterior"):
         make("uniform")
+    with pytest.raises(ValueError, match="repainter.pth: this repainter has no style bank"):
+        make("bank")  # a checkpoint saved without one: said, not painted from an empty bank
+
+
+def test_style_bank_holds_the_codes_of_present_regions_and_survives_the_checkpoint(checkpoint, tmp_path):
+    from pipeline.repaint.paint import collect_style_bank
+
+    cfg, encoder, generator, _ = load_repainter(checkpoint[0])
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    labels = np.zeros((6, 32, 32), np.uint16)
+    labels[:, :, 16:] = 1  # two regions per image (channels 0 and 1 of 8): 12 codes
+    bank = collect_style_bank(encoder, images, labels, cfg.label_channels, batch_size=4)
+    assert bank.shape == (12, cfg.z_dim)
+    small = collect_style_bank(encoder, images, labels, cfg.label_channels, limit=5, seed=3)
+    assert small.shape == (5, cfg.z_dim) and torch.equal(small, collect_style_bank(
+        encoder, images, labels, cfg.label_channels, limit=5, seed=3))
+    assert all(any(torch.equal(row, b) for b in bank) for row in small)  # a subset, not new codes
+    encoder.style_bank = bank
+    path = tmp_path / "banked.pt"
+    save_repainter(path, cfg, encoder, generator, step=5)
+    _, loaded, _, info = load_repainter(path)
+    assert info["style_bank"] == 12 and torch.equal(loaded.style_bank, bank)
+    assert load_repainter(checkpoint[0])[3]["style_bank"] == 0
+
+    image = _image()
+    make = lambda latent, seed=1: Repaint(path, FelzenszwalbSegmenter(), variants=2, seed=seed,  # noqa: E731
+                                          repaint_size=32, latent=latent)(image, "k-1", {})
+    banked = make("bank")
+    assert banked == make("bank") and banked["rp0.jpg"] != make("bank", seed=2)["rp0.jpg"]
+    assert banked["rp0.jpg"] != banked["rp1.jpg"] and banked["rp0.jpg"] != make("prior")["rp0.jpg"]
 
 
 def test_records_hook_writes_variants_and_label_map(checkpoint):

@@ -55,6 +55,8 @@ def test_job_trains_on_ray_train_and_writes_variants_at_the_stored_size(trained)
     assert training["metrics"]["step"] == 3 and 0 <= training["metrics"]["proxy_acc_painted"] <= 1
     # what else decides the weights bit for bit: this CPU's kernel ISA
     assert training["metrics"]["trained_on"] == f"cpu {torch.backends.cpu.get_cpu_capability()}"
+    # the styles E gave the regions of its training images, kept for --variant-latent bank
+    assert manifest["repainter"]["style_bank"] > 0
     quality = manifest["repainter"]["quality"]  # measured on the written shards
     assert quality["images"] > 0 and set(quality["boundary_f"]) == {"variant", "original", "unrelated_original"}
     assert quality["colour_distance"]["variant_vs_variant"] > 0 and "proxy_acc_real" in quality
@@ -112,6 +114,17 @@ def test_same_checkpoint_gives_identical_shards_with_1_or_2_writers(trained, tmp
     painted = {s["__key__"] for s in _samples(outs[0]) if "rp0.jpg" in s}
     expected = {f"demo-{i:08d}" for i in range(24) if is_repainted(0, f"demo-{i:08d}", 0.5)}
     assert painted == expected and 0 < len(painted) < 24
+
+
+def test_bank_latent_paints_from_the_trained_style_bank(trained, tmp_path):
+    checkpoint = str(trained / "repainter" / "repainter.pt")
+    out = tmp_path / "bank"
+    run_job(GenerateConfig(source="demo:24:48", out=str(out), samples_per_shard=8, variants=2, repainter=checkpoint,
+                           repainter_steps=0, variant_latent="bank", **TINY))
+    assert read_manifest(out)["repainter"]["variant_latent"] == "bank" and len(_samples(out)) == 24
+    banked, prior = _samples(out), _samples(trained)
+    for b, p in zip(banked, prior, strict=True):  # same checkpoint and seeds: only the codes' source differs
+        assert b["rp0.jpg"] != p["rp0.jpg"] and b["rp0.jpg"] != b["rp1.jpg"]
 
 
 def test_a_corrupt_repainter_checkpoint_is_named(tmp_path, capsys):

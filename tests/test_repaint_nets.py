@@ -109,3 +109,15 @@ def test_variant_codes_keep_regions_at_keep_prob_and_repeat_per_seed():
     assert torch.allclose(codes[kept], torch.tensor(5.0)) and (codes[~kept] - 5).abs().min() > 0.5
     again, _ = variant_codes(mu, logvar, 0.5, torch.Generator().manual_seed(0))
     assert torch.equal(codes, again)
+
+
+def test_variant_codes_from_a_bank_are_its_rows():
+    from pipeline.repaint.nets import variant_codes
+
+    mu, logvar = torch.full((16, 4, 3), 5.0), torch.full((16, 4, 3), -30.0)
+    bank = torch.arange(30.0).reshape(10, 3) * 10  # rows far from the posterior and from N(0, I)
+    codes, new = variant_codes(mu, logvar, 0.5, torch.Generator().manual_seed(0), bank)
+    rows = {tuple(r.tolist()) for r in bank}
+    assert all(tuple(c.tolist()) in rows for c in codes[new > 0])
+    assert torch.allclose(codes[new == 0], torch.tensor(5.0))
+    assert len({tuple(c.tolist()) for c in codes[new > 0]}) > 5  # many rows drawn, not one

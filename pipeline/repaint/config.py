@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 HUE_MODES = ("none", "image", "region")  # --variant-hue: what `paint.rotate_hues` rotates
+LATENTS = ("prior", "bank", "posterior")  # --variant-latent: where a variant's new region codes come from
 
 
 @dataclass

@@ -11,7 +11,7 @@ OASIS, Schönfeld et al. 2021; BicycleGAN, Zhu et al. 2017; pix2pixHD, Wang et a
   every layer's features for feature matching.
 
 `build(cfg)` makes all three from a `RepainterConfig`: a change of architecture is an edit here.
-At the defaults (ngf 32, SPADE hidden 64, num_up 2) G has ~1.5 M parameters.
+At the defaults (ngf 16, SPADE hidden 32, num_up 2, 17 label channels) G has 0.19 M parameters.
 """
 
 from __future__ import annotations
@@ -135,6 +135,10 @@ class RegionEncoder(nn.Module):
             nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2))
         self.mu = nn.Linear(width, z_dim)
         self.logvar = nn.Linear(width, z_dim)
+        # Codes E gave the regions of its training images (`paint.collect_style_bank`): what
+        # `--variant-latent bank` draws new styles from. Saved beside the weights, not in them, so a
+        # checkpoint without one still loads.
+        self.register_buffer("style_bank", torch.zeros(0, z_dim), persistent=False)
 
     def forward(self, image: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = region_pool(self.features(image), region_masks(labels))
@@ -152,12 +156,18 @@ def draw_prior(shape: tuple[int, ...] | torch.Size, generator: torch.Generator |
 
 
 def variant_codes(mu: torch.Tensor, logvar: torch.Tensor, keep_prob: float,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  generator: torch.Generator | None = None,
+                  bank: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The codes of a variant, as the shards draw them and D is trained on: each region takes a new
     code from the prior, or with probability `keep_prob` a posterior sample of its own style, so a
-    variant can keep some of the image's context colours. Returns (codes, new) with `new` [B, K]
-    1.0 where the region's code is new. All draws on the CPU generator (same numbers on any device)."""
-    prior = draw_prior(mu.shape, generator).to(mu.device, mu.dtype)
+    variant can keep some of the image's context colours. With a `bank` [N, z_dim], a new code is a
+    random row of it instead of a prior draw: the style of a region of another image.
+    Returns (codes, new) with `new` [B, K] 1.0 where the region's code is new. All draws on the CPU
+    generator (same numbers on any device)."""
+    if bank is None:
+        prior = draw_prior(mu.shape, generator).to(mu.device, mu.dtype)
+    else:
+        prior = bank[torch.randint(len(bank), tuple(mu.shape[:2]), generator=generator).to(bank.device)].to(mu.dtype)
     new = (torch.rand(mu.shape[:2], generator=generator) >= keep_prob).to(mu.device, mu.dtype)
     if keep_prob <= 0:
         return prior, new

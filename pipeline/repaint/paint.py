@@ -3,11 +3,13 @@
 Per record: segment -> label channels -> E's style code of each region -> per variant, from a seed
 derived from (seed, key, variant), each region takes a new code from the prior N(0, I) or, with
 probability `keep_prob`, a sample of its own (`nets.variant_codes`, exactly as in training, so these
-are paintings D was trained to judge) -> G paints at `repaint_size` -> optionally, the original's
-fine luminance detail replaces the painting's (`--variant-detail`, see `transfer_detail`) and each
-region's hue is rotated by its own seeded angle (`--variant-hue region`, see `rotate_hues`) ->
-resized back to the stored size, so the original's boxes stay valid for every variant. The label map
-is stored too (`seg.png`, 16-bit), so a shard set can be repainted without segmenting.
+are paintings D was trained to judge; `--variant-latent bank` takes the new codes from E's codes of
+the regions of its training images instead, see `collect_style_bank`) -> G paints at `repaint_size`
+-> optionally, the original's fine luminance detail replaces the painting's (`--variant-detail`, see
+`transfer_detail`) and each region's hue is rotated by its own seeded angle (`--variant-hue region`,
+see `rotate_hues`) -> resized back to the stored size, so the original's boxes stay valid for every
+variant. The label map is stored too (`seg.png`, 16-bit), so a shard set can be repainted without
+segmenting.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from manifests.imageio import encode_label_map
 from manifests.manifest import atomic_write_bytes
 from manifests.objectstore import is_object_url, read_object
 
-from .config import HUE_MODES, RepainterConfig
+from .config import HUE_MODES, LATENTS, RepainterConfig
 from .data import resize_pair, to_model_inputs
-from .nets import Generator, RegionEncoder, build_encoder, build_generator, reparameterize, variant_codes
+from .nets import Generator, RegionEncoder, build_encoder, build_generator, region_masks, reparameterize, variant_codes
 
 CHECKPOINT_FORMAT = "repainter-v2"  # v2: region style codes (v1's spatial latent is not readable)
 
@@ -40,8 +42,11 @@ def save_repainter(path: str | Path, cfg: RepainterConfig, encoder: RegionEncode
                    step: int) -> str:
     """One self-contained file (config, E and G weights, step), written atomically; returns its sha256."""
     buffer = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, "config": asdict(cfg), "step": step,
-                "E": encoder.state_dict(), "G": generator.state_dict()}, buffer)
+    state = {"format": CHECKPOINT_FORMAT, "config": asdict(cfg), "step": step,
+             "E": encoder.state_dict(), "G": generator.state_dict()}
+    if len(encoder.style_bank):  # absent otherwise, so checkpoints without a bank keep their bytes
+        state["style_bank"] = encoder.style_bank.detach().cpu()
+    torch.save(state, buffer)
     data = buffer.getvalue()
     atomic_write_bytes(Path(path), data)
     return hashlib.sha256(data).hexdigest()
@@ -67,10 +72,42 @@ def load_repainter(path: str | Path) -> tuple[RepainterConfig, RegionEncoder, Ge
         encoder, generator = build_encoder(cfg), build_generator(cfg)
         encoder.load_state_dict(state["E"])
         generator.load_state_dict(state["G"])
+        bank = state.get("style_bank", encoder.style_bank)
+        if not isinstance(bank, torch.Tensor) or bank.ndim != 2 or bank.shape[1] != cfg.z_dim:
+            raise ValueError(f"style bank of shape {getattr(bank, 'shape', None)}, expected [N, {cfg.z_dim}]")
+        encoder.style_bank = bank.float()
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # missing/extra keys, wrong shapes
         raise ValueError(f"{path}: damaged {CHECKPOINT_FORMAT} checkpoint ({type(exc).__name__}: {exc})") from None
-    info = {"sha256": hashlib.sha256(data).hexdigest(), "step": state["step"], "config": state["config"]}
+    info = {"sha256": hashlib.sha256(data).hexdigest(), "step": state["step"], "config": state["config"],
+            "style_bank": len(encoder.style_bank)}
     return cfg, encoder.eval(), generator.eval(), info
+
+
+@torch.no_grad()
+def collect_style_bank(encoder: RegionEncoder, images: np.ndarray, labels: np.ndarray, num_channels: int,
+                       limit: int = 4096, seed: int = 0, batch_size: int = 64) -> torch.Tensor:
+    """E's code (mu) of every region present in `images` (uint8 [B, S, S, 3], label maps [B, S, S]),
+    at most `limit` of them (a seeded choice): [N, z_dim] on the CPU.
+
+    Why: a prior draw N(0, I) is a style no image had, and G, trained for CPU lengths, paints those
+    less cleanly than the codes E gives real regions. A code taken from a region of another image is
+    "a new instance learned from the same distribution", as the Repaint paper asks, and, drawn at
+    random, carries no trace of this image's class colours."""
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    found = []
+    for i in range(0, len(images), batch_size):
+        x, channels = to_model_inputs(images[i:i + batch_size], labels[i:i + batch_size], num_channels)
+        mu, _ = encoder(x.to(device), channels.to(device))
+        present = region_masks(channels).sum((2, 3)) > 0
+        found.append(mu.cpu()[present])
+    encoder.train(was_training)
+    bank = torch.cat(found) if found else torch.zeros(0, encoder.mu.out_features)
+    if len(bank) > limit:
+        keep = np.sort(np.random.default_rng(derive_seed(seed, "style-bank")).choice(len(bank), limit, replace=False))
+        bank = bank[torch.from_numpy(keep)]
+    return bank.contiguous()
 
 
 def variant_seed(seed: int, key: str, variant: int) -> int:
@@ -149,8 +186,11 @@ class Repaint:
         self.encoder.to(self.device)
         self.generator.to(self.device)
         self.segmenter, self.variants, self.seed, self.size = segmenter, variants, seed, repaint_size
-        if latent not in ("prior", "posterior"):
-            raise ValueError(f"variant latent {latent!r}: expected prior or posterior")
+        if latent not in LATENTS:
+            raise ValueError(f"variant latent {latent!r}: expected one of {', '.join(LATENTS)}")
+        if latent == "bank" and not len(self.encoder.style_bank):
+            raise ValueError(f"{checkpoint}: this repainter has no style bank (trained before it was kept); "
+                             f"paint with --variant-latent prior, or train it again")
         if hue not in HUE_MODES:
             raise ValueError(f"variant hue {hue!r}: expected one of {', '.join(HUE_MODES)}")
         if not 0 <= detail <= 1:
@@ -186,9 +226,10 @@ class Repaint:
 
     def _code(self, mu: torch.Tensor, logvar: torch.Tensor, seed: int) -> torch.Tensor:
         draw = torch.Generator().manual_seed(seed)
-        if self.latent == "prior":
-            return variant_codes(mu, logvar, self.cfg.keep_prob, draw)[0]
-        return reparameterize(mu, logvar, draw)
+        if self.latent == "posterior":
+            return reparameterize(mu, logvar, draw)
+        bank = self.encoder.style_bank if self.latent == "bank" else None
+        return variant_codes(mu, logvar, self.cfg.keep_prob, draw, bank)[0]
 
     def __call__(self, image: Image.Image, key: str, meta: dict) -> dict[str, bytes]:
         return self.many([(image, key, meta)])[0]

@@ -34,7 +34,7 @@ from manifests.manifest import atomic_write_bytes
 
 from .config import RepainterConfig
 from .data import RepaintSet, to_model_inputs
-from .paint import load_repainter, paint_variants, save_repainter
+from .paint import collect_style_bank, load_repainter, paint_variants, save_repainter
 from .quality import measure_variants
 from .steps import RepainterNets, train_step, unwrap
 
@@ -209,6 +209,9 @@ def train_loop(config: dict) -> None:
             metrics = {"step": step + 1, **losses}
             if step + 1 == t.steps and rank == 0:
                 metrics["trained_on"] = numerics_of(device)
+                encoder = unwrap(nets.E)
+                encoder.style_bank = collect_style_bank(encoder, data.images, data.labels, cfg.label_channels,
+                                                        seed=t.seed).to(device)
                 if len(val):
                     metrics.update(evaluate(nets, val, cfg, device, t.seed))
             _report(nets, step + 1, metrics, rank)
