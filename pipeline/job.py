@@ -24,7 +24,7 @@ from .assemble import TIMM_INFO_NAME, build_manifest, job_fingerprint, timm_info
 from .job_config import GenerateConfig
 from .preview import PREVIEW_NAME, PREVIEW_SAMPLES, preview_png
 from .records import RecordSettings
-from .repaint.job import REPAINTER_FILE, node_origin, obtain_repainter, start_painters
+from .repaint.job import REPAINTER_FILE, RepaintPlan, node_origin, obtain_repainter, start_painters
 from .repaint.quality import QUALITY_LIMIT, measure_shards
 from .shards import ShardPlan, load_done, plan_shards, shuffled, write_shard
 from .sources import open_source
@@ -122,11 +122,11 @@ def _write_shard_task(*args) -> dict:
 
 
 def _write_shards(cfg: GenerateConfig, todo: list[ShardPlan], records: list, settings: RecordSettings,
-                  out: str, fingerprint: str, repainter: str | None) -> list[dict]:
-    """Plain tasks without a repainter; with one, a pool of actors that each load it once."""
+                  out: str, fingerprint: str, painters: list | None = None) -> list[dict]:
+    """Plain tasks without a repainter; with one, the pool of `painters` (actors that each load it once)."""
     task = ray.remote(num_cpus=1, max_retries=cfg.max_retries)(_write_shard_task)
     # A slot is None (a task; 2 per worker keep the CPUs busy) or an actor (one shard at a time).
-    free = start_painters(cfg, repainter) if repainter else [None] * (2 * cfg.workers)
+    free = list(painters) if painters else [None] * (2 * cfg.workers)
 
     def launch(slot, plan: ShardPlan):
         args = (plan, records[plan.start:plan.stop], settings, out, fingerprint)
@@ -219,8 +219,9 @@ def run_job(cfg: GenerateConfig) -> str:
     with RaySession(cfg) as session:
         repainter, repaint_info = None, None
         if cfg.variants:
+            plan = RepaintPlan.from_config(cfg, source)
             work = Path(cfg.work or cfg.out).resolve()
-            checkpoint, repaint_info = obtain_repainter(cfg, source, records, settings, work, session.start)
+            checkpoint, repaint_info = obtain_repainter(plan, records, settings, work, session.start)
             repainter = _repainter_for_painting(store, checkpoint)
             # Shards painted by other weights are other shards: the repainter's hash joins the fingerprint.
             fingerprint = hashlib.sha256(f"{fingerprint}:{repaint_info['sha256']}".encode()).hexdigest()
@@ -230,7 +231,8 @@ def run_job(cfg: GenerateConfig) -> str:
                  "%d stale temporaries removed", len(records), len(plans), len(done), len(todo), removed)
         if todo:
             session.start()
-            done += _write_shards(cfg, todo, records, settings, store.location, fingerprint, repainter)
+            painters = start_painters(plan, repainter) if repainter else None
+            done += _write_shards(cfg, todo, records, settings, store.location, fingerprint, painters)
     manifest = build_manifest(cfg, source, len(records), done, repaint_info)
     if cfg.variants:
         read_back(store, manifest, cfg, repaint_info)

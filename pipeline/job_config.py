@@ -63,6 +63,9 @@ class GenerateConfig:
     train_region_keep_prob: float = flag(
         0.5, "the same share in the variant paintings the repainter trains on (D, T and the task loss judge "
              "them)", check=lambda v: 0 <= v < 1, must="in [0, 1)", group=REPAINTER, metavar="P")
+    train_variant_latent: str = flag(
+        "prior", "new region codes of the variant paintings the repainter trains on: prior | bank (E's codes of "
+                 "the batch's regions: what --variant-latent bank paints)", group=REPAINTER, choices=("prior", "bank"))
     segmenter: str | None = flag(
         None, "fh[:scale=S,sigma=G,min_size=M] (default for folders and COCO) | deeplab:WEIGHTS.pt | coco "
               "(ground-truth polygons) | demo (the demo's own masks; its default)", group=REPAINTER)
@@ -174,8 +177,8 @@ class GenerateConfig:
             # paint_batch too: float rounding may differ with the batch, so a resume must not mix them.
             keep += ["repainter_steps", "repaint_size", "segmenter", "repaint_fraction", "variant_latent",
                      "paint_batch", "variant_hue", "variant_detail", "task_model", "task_loss", "task_weight",
-                     "task_warmup", "region_keep_prob", "train_region_keep_prob", "repainter_images",
-                     "repainter_batch", "train_workers", "repainter_norm"]
+                     "task_warmup", "region_keep_prob", "train_region_keep_prob", "train_variant_latent",
+                     "repainter_images", "repainter_batch", "train_workers", "repainter_norm"]
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 

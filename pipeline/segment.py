@@ -15,7 +15,7 @@ Three implementations behind one call, `segmenter(image, meta) -> uint16 label m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -29,6 +29,12 @@ def rank_by_area(labels: np.ndarray) -> np.ndarray:
     rank = np.empty(len(ids), np.int64)
     rank[order] = np.arange(len(ids))
     return rank[np.searchsorted(ids, labels)].astype(np.uint16)
+
+
+class Segmenter(Protocol):
+    """What every segmenter is: an image (and its record's metadata) to a uint16 label map."""
+
+    def __call__(self, image: Image.Image, meta: dict | None = None) -> np.ndarray: ...
 
 
 @dataclass
@@ -162,7 +168,7 @@ def _fh_from_params(spec: str, text: str) -> FelzenszwalbSegmenter:
     return FelzenszwalbSegmenter(**values)
 
 
-def make_segmenter(spec: str):
+def make_segmenter(spec: str) -> Segmenter:
     """`fh[:scale=S,sigma=G,min_size=M]`, `deeplab:WEIGHTS`, `coco` or `demo`."""
     kind, _, rest = spec.partition(":")
     if kind == "fh":

@@ -171,8 +171,9 @@ def test_label_maps_survive_the_shard_round_trip(trained):
 def test_a_record_that_kills_its_repaint_actor_fails_the_job_after_bounded_retries(trained, tmp_path):
     from pipeline.job import JobError, _write_shards
     from pipeline.records import RecordSettings
+    from pipeline.repaint.job import RepaintPlan, start_painters
     from pipeline.shards import plan_shards
-    from pipeline.sources import Record
+    from pipeline.sources import Record, open_source
 
     class PoisonRecord(Record):  # defined here so Ray ships it by value to the actor
         def read(self):
@@ -180,29 +181,33 @@ def test_a_record_that_kills_its_repaint_actor_fails_the_job_after_bounded_retri
 
     cfg = GenerateConfig(source="demo", out=str(tmp_path), max_retries=1, workers=1, variants=1, **TINY)
     settings = RecordSettings(key_prefix="demo", class_names=("a",))
+    painters = start_painters(RepaintPlan.from_config(cfg, open_source(cfg.source)),
+                              trained / "repainter" / "repainter.pt")
     with pytest.raises(JobError, match=r"shard shard-000000.tar \(records 0..0\) failed after 1 retries"):
-        _write_shards(cfg, plan_shards(1, 1), [PoisonRecord(0, "poison/0")], settings, tmp_path, "fp",
-                      trained / "repainter" / "repainter.pt")
+        _write_shards(cfg, plan_shards(1, 1), [PoisonRecord(0, "poison/0")], settings, tmp_path, "fp", painters)
     assert not list(tmp_path.glob("shard-*.tar"))
 
 
 def test_task_loss_flags_and_norm_reach_the_model():
-    from pipeline.repaint.job import model_config
+    from pipeline.repaint.job import RepaintPlan
     from pipeline.sources import open_source
 
     source = open_source("demo:8:32")
-    assert model_config(GenerateConfig(source="demo:8:32", task_weight=5.0), source).task_weight == 5.0
-    off = model_config(GenerateConfig(source="demo:8:32", task_weight=5.0, task_loss=False), source)
+
+    def model(**flags):
+        return RepaintPlan.from_config(GenerateConfig(source="demo:8:32", **flags), source).model
+
+    assert model(task_weight=5.0).task_weight == 5.0
+    off = model(task_weight=5.0, task_loss=False)
     assert off.task_weight == 0.0 and off.norm == "instance"
-    assert model_config(GenerateConfig(source="demo:8:32", repainter_norm="batch"), source).norm == "batch"
-    assert model_config(GenerateConfig(source="demo:8:32"), source).num_classes == len(source.classes)
-    chosen = model_config(GenerateConfig(source="demo:8:32", train_region_keep_prob=0.25, task_warmup=7), source)
+    assert model(repainter_norm="batch").norm == "batch"
+    assert model().num_classes == len(source.classes)
+    chosen = model(train_region_keep_prob=0.25, task_warmup=7)
     assert chosen.keep_prob == 0.25 and chosen.task_warmup == 7 and chosen.label_channels == 5
     # Training mixes kept and new regions; the shards are painted with every region new.
-    default = GenerateConfig(source="demo:8:32")
-    assert model_config(default, source).keep_prob == 0.5 and default.region_keep_prob == 0.0
-    short = model_config(GenerateConfig(source="demo:8:32", repainter_steps=3), source)
-    assert short.task_warmup == 3  # a warm-up longer than the training would never switch the task loss on
+    plan = RepaintPlan.from_config(GenerateConfig(source="demo:8:32"), source)
+    assert plan.model.keep_prob == 0.5 and plan.painting["keep_prob"] == 0.0
+    assert model(repainter_steps=3).task_warmup == 3  # a warm-up longer than the training would never start
     defaults = GenerateConfig(source="demo:8:32"), GenerateConfig(source="imagefolder:/x", out="/tmp/x")
     assert [(c.segmenter, c.repainter_steps, c.repaint_size) for c in defaults] == [("demo", 300, 48),
                                                                                   ("fh", 2000, 64)]

@@ -3,6 +3,8 @@ generator that ignores its codes is caught."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from pipeline.repaint import steps
@@ -71,6 +73,20 @@ def test_d_is_trained_on_the_prior_paintings_the_shards_hold(monkeypatch):
     d_scores = steps.split(fresh.D(torch.cat([image, painted_prior.detach(), painted_prior.detach()]),
                                    torch.cat([labels, labels, labels])), 3)[1][0][-1]
     assert torch.allclose(seen[1], d_scores, atol=1e-5)
+
+
+def test_bank_training_paints_new_regions_with_codes_of_the_batchs_own_regions():
+    """`train_latent` "bank": D and T judge paintings whose new codes are E's codes (mu) of regions of
+    the batch, the kind `--variant-latent bank` writes into the shards, not prior draws."""
+    nets = _nets(train_latent="bank", keep_prob=0.0)
+    image, labels, _ = _batch()
+    _, _, (codes, new), mu, _ = steps.paint_both(nets, image, labels, torch.Generator().manual_seed(3))
+    present = steps.present_regions(labels) > 0
+    rows = {tuple(r.tolist()) for r in mu.detach()[present]}
+    assert new.all() and all(tuple(c.tolist()) in rows for c in codes.reshape(-1, codes.shape[-1]))
+    prior = steps.paint_both(_nets(keep_prob=0.0), image, labels, torch.Generator().manual_seed(3))[2][0]
+    assert not any(tuple(c.tolist()) in rows for c in prior.reshape(-1, prior.shape[-1]))
+    assert all(math.isfinite(v) for v in train_step(nets, image, labels, _batch()[2], step=0).values())
 
 
 class IgnoresCodes(torch.nn.Module):

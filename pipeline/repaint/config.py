@@ -26,6 +26,9 @@ class RepainterConfig:
     norm: str = "instance"
     task_model: str = "resnet18"
     keep_prob: float = 0.5  # a variant's region keeps (a sample of) its own style with this probability
+    # Where a training variant's new region codes come from: "prior" N(0, I), or "bank": E's code of a
+    # random region of the batch (so D and T judge the kind of painting `--variant-latent bank` makes)
+    train_latent: str = "prior"
     # Losses for E/G (steps.py); the paper's "w/o task-loss" ablation is task_weight 0
     task_weight: float = 1.0
     rec_weight: float = 10.0  # L1 of posterior painting to original (SPADE's VGG loss needs weights we never load)

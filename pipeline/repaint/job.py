@@ -13,7 +13,7 @@ import json
 import logging
 import socket
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import ray
@@ -24,6 +24,7 @@ from manifests.manifest import atomic_write_bytes, dumps_canonical
 from ..demo_data import MAX_OBJECTS
 from ..job_config import GenerateConfig
 from ..records import RecordSettings
+from ..segment import Segmenter
 from ..shards import ShardPlan, write_shard
 from ..sources import Record, Source
 from .config import RepainterConfig
@@ -37,32 +38,72 @@ REPAINTER_FILE = "repainter/repainter.pt"  # in the shard set; the manifest name
 CHUNK = 64  # records per data-preparation task
 
 
-def label_channel_count(cfg: GenerateConfig, source: Source) -> int:
+def label_channel_count(segmenter: str, segmentation, source: Source) -> int:
     """One-hot channels + boundary: the config's default for fh (area-ranked segments), one per class otherwise."""
-    if cfg.segmenter == "coco":
+    if segmenter == "coco":
         return len(source.classes) + 2  # background + categories + boundary
-    if cfg.segmenter.startswith("deeplab:"):
-        return cfg.segmentation.num_classes + 1
-    if cfg.segmenter == "demo":
+    if segmenter.startswith("deeplab:"):
+        return segmentation.num_classes + 1
+    if segmenter == "demo":
         return MAX_OBJECTS + 2  # background + one channel per object + boundary
     return RepainterConfig.label_channels
 
 
-def model_config(cfg: GenerateConfig, source: Source) -> RepainterConfig:
-    return RepainterConfig(label_channels=label_channel_count(cfg, source), num_classes=max(1, len(source.classes)),
-                           multilabel=source.kind == "coco", task_model=cfg.task_model,
-                           task_weight=cfg.task_weight if cfg.task_loss else 0.0, norm=cfg.repainter_norm,
-                           task_warmup=min(cfg.task_warmup, cfg.repainter_steps), keep_prob=cfg.train_region_keep_prob)
+@dataclass(frozen=True)
+class RepaintPlan:
+    """What the repainting steps of one job use, read once from its flags and its source: the networks'
+    config, the training's settings, and the painting actors' arguments. The steps below take this,
+    not the job's whole config."""
+
+    model: RepainterConfig
+    training: TrainSettings
+    images: int  # --repainter-images: the first records of the job's order
+    segmenter: str  # the spec as given (it names the training in its identity)
+    segmentation: Segmenter  # the spec parsed once
+    initial: str | None  # --repainter: weights to start from (steps 0: to paint with as is)
+    painting: dict  # Repaint's arguments but the checkpoint
+    paint_batch: int
+    painters: int  # actors, one CPU each
+    gpus: float  # per training worker and per actor
+    max_retries: int
+
+    @classmethod
+    def from_config(cls, cfg: GenerateConfig, source: Source) -> RepaintPlan:
+        steps = cfg.repainter_steps
+        model = RepainterConfig(
+            label_channels=label_channel_count(cfg.segmenter, cfg.segmentation, source),
+            num_classes=max(1, len(source.classes)), multilabel=source.kind == "coco", task_model=cfg.task_model,
+            task_weight=cfg.task_weight if cfg.task_loss else 0.0, norm=cfg.repainter_norm,
+            task_warmup=min(cfg.task_warmup, steps), keep_prob=cfg.train_region_keep_prob,
+            train_latent=cfg.train_variant_latent)
+        training = TrainSettings(steps=steps, batch_size=cfg.repainter_batch, size=cfg.repaint_size,
+                                 checkpoint_every=min(cfg.repainter_checkpoint_every, max(1, steps)),
+                                 workers=cfg.train_workers, use_gpu=cfg.gpus > 0, seed=cfg.seed,
+                                 max_failures=cfg.max_retries, progress=cfg.progress)
+        painting = {"segmenter": cfg.segmentation, "variants": cfg.variants, "seed": cfg.seed,
+                    "repaint_size": cfg.repaint_size, "fraction": cfg.repaint_fraction,
+                    "latent": cfg.variant_latent, "keep_prob": cfg.region_keep_prob,
+                    "hue": cfg.variant_hue, "detail": cfg.variant_detail}
+        return cls(model=model, training=training, images=cfg.repainter_images, segmenter=cfg.segmenter,
+                   segmentation=cfg.segmentation, initial=cfg.repainter, painting=painting,
+                   paint_batch=cfg.paint_batch, painters=cfg.workers, gpus=cfg.gpus, max_retries=cfg.max_retries)
+
+    def identity(self) -> str:
+        """What decides the weights; not where or how fast they are computed."""
+        how = ("cpus_per_worker", "max_failures", "progress", "checkpoint_every")
+        training = {k: v for k, v in asdict(self.training).items() if k not in how}
+        initial = hashlib.sha256(Path(self.initial).read_bytes()).hexdigest() if self.initial else None
+        ident = {"model": asdict(self.model), "training": training, "images": self.images,
+                 "segmenter": self.segmenter, "initial": initial}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
-def training_set(cfg: GenerateConfig, source: Source, records: list[Record], settings: RecordSettings,
-                 size: int) -> tuple[RepaintSet, RepaintSet]:
+def training_set(plan: RepaintPlan, records: list[Record], settings: RecordSettings) -> tuple[RepaintSet, RepaintSet]:
     """Decode + segment the first `--repainter-images` records on Ray tasks; hold 10% out."""
-    chosen = records[: cfg.repainter_images]
-    segmenter = cfg.segmentation
-    build = ray.remote(num_cpus=1, max_retries=cfg.max_retries)(build_repaint_set)
-    multilabel, classes = source.kind == "coco", max(1, len(source.classes))
-    parts = ray.get([build.remote(chosen[i:i + CHUNK], settings, segmenter, size, classes, multilabel)
+    chosen = records[: plan.images]
+    build = ray.remote(num_cpus=1, max_retries=plan.max_retries)(build_repaint_set)
+    size, classes, multilabel = plan.training.size, plan.model.num_classes, plan.model.multilabel
+    parts = ray.get([build.remote(chosen[i:i + CHUNK], settings, plan.segmentation, size, classes, multilabel)
                      for i in range(0, len(chosen), CHUNK)])
     data = RepaintSet.concat(parts)
     if data.skipped:
@@ -73,30 +114,16 @@ def training_set(cfg: GenerateConfig, source: Source, records: list[Record], set
     return data.split(max(1, min(256, len(data) // 10)))
 
 
-def _training_identity(cfg: GenerateConfig, model: RepainterConfig, t: TrainSettings, initial: str | None) -> str:
-    # What decides the weights; not where or how fast they are computed.
-    how = ("cpus_per_worker", "max_failures", "progress", "checkpoint_every")
-    training = {k: v for k, v in asdict(t).items() if k not in how}
-    ident = {"model": asdict(model), "training": training, "images": cfg.repainter_images,
-             "segmenter": cfg.segmenter,
-             "initial": hashlib.sha256(Path(initial).read_bytes()).hexdigest() if initial else None}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
-
-
-def obtain_repainter(cfg: GenerateConfig, source: Source, records: list[Record], settings: RecordSettings,
-                     work: Path, start_ray: Callable[[], None]) -> tuple[Path, dict]:
+def obtain_repainter(plan: RepaintPlan, records: list[Record], settings: RecordSettings, work: Path,
+                     start_ray: Callable[[], None]) -> tuple[Path, dict]:
     """The repainter checkpoint the shards are painted with, and what the manifest says about it.
     It trains in `work/repainter/` (the shard-set folder itself, or `--work` for an object store)."""
-    if cfg.repainter_steps == 0:
-        _, _, _, info = load_repainter(cfg.repainter)
-        return Path(cfg.repainter).resolve(), {**info, "trained_by_this_job": False}
+    if plan.training.steps == 0:
+        _, _, _, info = load_repainter(plan.initial)
+        return Path(plan.initial).resolve(), {**info, "trained_by_this_job": False}
     folder = work / Path(REPAINTER_FILE).parent
-    model = model_config(cfg, source)
-    t = TrainSettings(steps=cfg.repainter_steps, batch_size=cfg.repainter_batch, size=cfg.repaint_size,
-                      checkpoint_every=min(cfg.repainter_checkpoint_every, cfg.repainter_steps),
-                      workers=cfg.train_workers, use_gpu=cfg.gpus > 0, seed=cfg.seed, max_failures=cfg.max_retries,
-                      progress=cfg.progress)
-    identity = _training_identity(cfg, model, t, cfg.repainter)
+    t = replace(plan.training)  # cpus_per_worker is decided below, from the cluster
+    identity = plan.identity()
     summary_file = folder / SUMMARY
     if summary_file.exists() and json.loads(summary_file.read_text()).get("identity") == identity:
         summary = json.loads(summary_file.read_text())
@@ -107,10 +134,10 @@ def obtain_repainter(cfg: GenerateConfig, source: Source, records: list[Record],
         if cpus < t.workers:  # Ray Train would wait for them forever
             raise ValueError(f"--train-workers {t.workers} needs {t.workers} CPUs; the Ray cluster has {cpus}")
         t.cpus_per_worker = max(1, min(8, cpus // t.workers))
-        data, val = training_set(cfg, source, records, settings, cfg.repaint_size)
+        data, val = training_set(plan, records, settings)
         log.info("repainter: training %d steps on %d images (%d held out) at %dpx, %d worker(s)",
                  t.steps, len(data), len(val), t.size, t.workers)
-        _, metrics = train_repainter(model, t, data, val, folder, initial=cfg.repainter)
+        _, metrics = train_repainter(plan.model, t, data, val, folder, initial=plan.initial)
         summary = {"identity": identity, "step": t.steps, "metrics": metrics, "training": asdict(t),
                    "images": len(data), "held_out": len(val), "skipped": len(data.skipped)}
         atomic_write_bytes(summary_file, dumps_canonical(summary).encode())
@@ -141,11 +168,9 @@ class ShardPainter:
                            paint_batch=self.paint_batch)
 
 
-def start_painters(cfg: GenerateConfig, checkpoint: Path) -> list:
-    actor = ray.remote(num_cpus=1, num_gpus=cfg.gpus, max_restarts=cfg.max_retries,
-                       max_task_retries=cfg.max_retries)(ShardPainter)
-    args = {"checkpoint": str(checkpoint), "segmenter": cfg.segmentation, "variants": cfg.variants,
-            "seed": cfg.seed, "repaint_size": cfg.repaint_size, "fraction": cfg.repaint_fraction,
-            "latent": cfg.variant_latent, "keep_prob": cfg.region_keep_prob,
-            "hue": cfg.variant_hue, "detail": cfg.variant_detail}
-    return [actor.remote(args, cfg.gpus > 0, cfg.paint_batch) for _ in range(cfg.workers)]
+def start_painters(plan: RepaintPlan, checkpoint: str | Path) -> list:
+    """One painting actor per `--workers`, each with the checkpoint loaded once."""
+    actor = ray.remote(num_cpus=1, num_gpus=plan.gpus, max_restarts=plan.max_retries,
+                       max_task_retries=plan.max_retries)(ShardPainter)
+    args = {"checkpoint": str(checkpoint), **plan.painting}
+    return [actor.remote(args, plan.gpus > 0, plan.paint_batch) for _ in range(plan.painters)]

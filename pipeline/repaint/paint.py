@@ -117,13 +117,15 @@ def variant_seed(seed: int, key: str, variant: int) -> int:
 def paint_variants(encoder: RegionEncoder, generator: Generator, cfg: RepainterConfig, image: torch.Tensor,
                    labels: torch.Tensor, seeds: list[int], latent: str = "prior") -> torch.Tensor:
     """One painting per seed of every image in the batch: [len(seeds) * B, 3, S, S], seed-major.
-    `prior`: `nets.variant_codes` (new codes per region, as in training); `posterior`: E's own."""
+    `prior` / `bank`: `nets.variant_codes` (new codes per region, as in training; bank: rows of
+    E's style bank); `posterior`: E's own."""
     mu, logvar = encoder(image, labels)
+    bank = encoder.style_bank if latent == "bank" else None
     codes = []
     for seed in seeds:
         draw = torch.Generator().manual_seed(seed)
-        codes.append(variant_codes(mu, logvar, cfg.keep_prob, draw)[0] if latent == "prior"
-                     else reparameterize(mu, logvar, draw))
+        codes.append(reparameterize(mu, logvar, draw) if latent == "posterior"
+                     else variant_codes(mu, logvar, cfg.keep_prob, draw, bank)[0])
     return generator(torch.cat(codes), labels.repeat(len(seeds), 1, 1, 1))
 
 

@@ -1,8 +1,9 @@
 """The repainter's losses and its training step.
 
 One step paints every image twice in one G forward: from E's posterior codes of the image itself
-(the VAE half: reconstruction, feature matching, KLD) and from codes drawn from the prior N(0, I),
-which is exactly how the shards' variants are drawn. Then, in order:
+(the VAE half: reconstruction, feature matching, KLD) and from new codes per region, drawn from the
+prior N(0, I) or (`train_latent` "bank") taken from E's codes of the batch's regions, as the shards'
+variants are drawn by `--variant-latent prior` or `bank`. Then, in order:
 
 1. E/G update (D and T frozen): hinge GAN on *both* paintings, so every variant the shards hold is
    of a kind D was trained to judge; L1 reconstruction + feature matching on the posterior painting;
@@ -131,7 +132,8 @@ def paint_both(nets: RepainterNets, image: torch.Tensor, labels: torch.Tensor, g
     """Posterior and prior paintings in one G forward (DDP allows one per backward)."""
     mu, logvar = nets.E(image, labels)
     posterior = reparameterize(mu, logvar, generator)
-    codes, new = variant_codes(mu.detach(), logvar.detach(), nets.cfg.keep_prob, generator)
+    bank = mu.detach()[present_regions(labels) > 0] if nets.cfg.train_latent == "bank" else None
+    codes, new = variant_codes(mu.detach(), logvar.detach(), nets.cfg.keep_prob, generator, bank)
     both = nets.G(torch.cat([posterior, codes]), torch.cat([labels, labels]))
     return both.chunk(2) + ((codes, new), mu, logvar)
 

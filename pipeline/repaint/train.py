@@ -78,9 +78,10 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def evaluate(nets: RepainterNets, val: RepaintSet, cfg: RepainterConfig, device: torch.device,
              seed: int = 0, batch_size: int = 32) -> dict:
-    """On held-out images: T's top-1 on the originals and on prior paintings (what the shards hold;
-    for COCO a hit is a top-1 category that is present), and the variant-quality figures of two
-    prior paintings per image (`quality.measure_variants`, at the training resolution)."""
+    """On held-out images: T's top-1 on the originals and on variant paintings of the kind it trained
+    on (prior, or from E's style bank; for COCO a hit is a top-1 category that is present), and the
+    variant-quality figures of two such paintings per image (`quality.measure_variants`, at the
+    training resolution)."""
     E, G, T = unwrap(nets.E).eval(), unwrap(nets.G).eval(), unwrap(nets.T).eval()
     hits = {"real": 0.0, "painted": 0.0}
     painted_all = []
@@ -89,7 +90,8 @@ def evaluate(nets: RepainterNets, val: RepaintSet, cfg: RepainterConfig, device:
                                         cfg.label_channels)
         image, labels = image.to(device), labels.to(device)
         target = torch.tensor(val.targets[i:i + batch_size])
-        pair = paint_variants(E, G, cfg, image, labels, [derive_seed(seed, "eval", i, v) for v in (0, 1)]).chunk(2)
+        seeds = [derive_seed(seed, "eval", i, v) for v in (0, 1)]
+        pair = paint_variants(E, G, cfg, image, labels, seeds, latent=cfg.train_latent).chunk(2)
         painted_all.append(np.stack([_to_uint8(p) for p in pair], 1))
         for name, x in (("real", image), ("painted", pair[0])):
             top1 = T(x).argmax(1).cpu()
