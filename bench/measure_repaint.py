@@ -10,6 +10,10 @@ the variants against the stored label map, with the original (ceiling) and an un
 manifest (the proxy task's top-1 on held-out originals and their paintings). `--colour-cue` adds
 `quality.colour_cue` on the same samples (a classification set): the top-1 a colour-histogram
 classifier reaches on originals, and when trained on the variants, on variants and on originals.
+`--proxy CHECKPOINT_DIR` adds the repainter's own proxy task T (from a Ray Train checkpoint folder
+of its training: `repainter.pt` for the config, `state.pt` for T) on the same samples: its top-1 on
+the originals and on every variant, so it can be measured on any shard set, a validation folder's
+included.
 """
 
 from __future__ import annotations
@@ -19,10 +23,35 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from manifests import read_manifest  # noqa: E402
 from pipeline.repaint.quality import colour_cue, measure_variants, read_repainted  # noqa: E402
+
+
+def proxy_top1(folder: Path, originals: np.ndarray, variants: np.ndarray, labels: np.ndarray) -> dict:
+    """T's top-1 on uint8 originals [B, S, S, 3] and variants [B, N, S, S, 3] (inputs in [-1, 1], as it trained)."""
+    import timm
+    import torch
+
+    from pipeline.repaint.paint import load_repainter
+
+    if not (folder / "state.pt").is_file() or (labels < 0).any():
+        raise SystemExit(f"--proxy {folder}: needs a checkpoint folder with state.pt and a classification set")
+    cfg, _, _, _ = load_repainter(folder / "repainter.pt")
+    task = timm.create_model(cfg.task_model, pretrained=False, num_classes=cfg.num_classes)
+    task.load_state_dict(torch.load(folder / "state.pt", map_location="cpu", weights_only=True)["T"])
+    task.eval()
+
+    @torch.no_grad()
+    def top1(images: np.ndarray) -> float:
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+        predicted = torch.cat([task(x[i:i + 256]).argmax(1) for i in range(0, len(x), 256)])
+        return float((predicted.numpy() == labels).mean())
+
+    return {"originals": top1(originals), "variants": [top1(variants[:, v]) for v in range(variants.shape[1])]}
 
 
 def main() -> None:
@@ -31,6 +60,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--limit", type=int, default=500)
     p.add_argument("--colour-cue", action="store_true", help="also how much class colour alone carries")
+    p.add_argument("--proxy", type=Path, metavar="CHECKPOINT_DIR",
+                   help="also the proxy T's top-1 on originals and variants (a repainter/run/checkpoint_* folder)")
     args = p.parse_args()
     # last shard first, as the job measures: the repainter trained on the first images of the order
     urls = sorted((str(path) for path in args.shards.glob("shard-*.tar")), reverse=True)
@@ -42,6 +73,8 @@ def main() -> None:
         if (read["labels"] < 0).any():
             raise SystemExit(f"{args.shards}: --colour-cue needs a classification set (a cls field per sample)")
         result["colour_cue_top1"] = colour_cue(read["originals"], read["variants"], read["labels"])
+    if args.proxy:
+        result["proxy_top1"] = proxy_top1(args.proxy, read["originals"], read["variants"], read["labels"])
     manifest = read_manifest(args.shards)
     result["repainter_metrics"] = ((manifest.get("repainter") or {}).get("training") or {}).get("metrics")
     print(json.dumps(result, indent=1))
