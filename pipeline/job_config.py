@@ -71,10 +71,10 @@ class GenerateConfig:
               "(ground-truth polygons) | demo (the demo's own masks; its default)", group=REPAINTER)
     repaint_fraction: float = flag(1.0, "repaint only this seeded fraction of the images",
                                    check=lambda v: 0 < v <= 1, must="in (0, 1]", group=REPAINTER, metavar="P")
-    variant_latent: str = flag("prior", "new region codes of each variant: prior (N(0, I): new textures and "
-                                        "colours) | bank (E's code of a random region of a random training "
-                                        "image) | posterior (E of the original: variations near its own look)",
-                               group=REPAINTER, choices=LATENTS)
+    variant_latent: str = flag("bank", "new region codes of each variant: bank (E's code of a random region of a "
+                                       "random training image, kept in the checkpoint) | prior (N(0, I): styles "
+                                       "no image had, noisier) | posterior (E of the original: variations near "
+                                       "its own look)", group=REPAINTER, choices=LATENTS)
     variant_hue: str = flag("none", "after painting, rotate each variant's hues by seeded angles: none | image "
                                     "(one angle) | region (one per region: colours beyond the learned palette)",
                             group=REPAINTER, choices=HUE_MODES)
