@@ -69,17 +69,19 @@ def show(path: str) -> int:
                      f" (style bank of {r.get('style_bank', 0)})")
         if trained_on := ((r.get("training") or {}).get("metrics") or {}).get("trained_on"):
             lines.append(f"trained on  {trained_on} (another CPU ISA or a GPU trains other weights)")
-        lines += _quality_lines(r.get("quality") or {}, (r.get("config") or {}).get("keep_prob"),
-                                r.get("region_keep_prob"))
+        config = r.get("config") or {}
+        lines += _quality_lines(r.get("quality") or {}, (config.get("keep_prob"), config.get("train_latent", "prior")),
+                                (r.get("region_keep_prob"), r.get("variant_latent", "prior")))
     if m.get("preview"):
         lines.append(f"preview     {str(manifest_path(path)).rsplit('/', 1)[0]}/{m['preview']}")
     print("\n".join(lines))
     return 0
 
 
-def _quality_lines(q: dict, trained_mix: float | None = None, painting_mix: float | None = None) -> list[str]:
+def _quality_lines(q: dict, trained: tuple | None = None, painting: tuple | None = None) -> list[str]:
     """The repainter's own measurements of its variants (pipeline/repaint/quality.py). The proxy's
-    figures come from its training, on paintings with the training's region keep-prob."""
+    figures come from its training, on paintings made as in training: `trained` and `painting` are
+    (region keep-prob, source of new codes) of those and of the shards' variants."""
     lines = []
     if q.get("images"):
         f, c = q["boundary_f"], q["colour_distance"]
@@ -92,9 +94,9 @@ def _quality_lines(q: dict, trained_mix: float | None = None, painting_mix: floa
     if "proxy_acc_real" in q:
         lines.append(f"proxy task  top-1 on held-out originals {q['proxy_acc_real']:.1%}, "
                      f"on their variants {q.get('proxy_acc_painted', float('nan')):.1%}")
-        if None not in (trained_mix, painting_mix) and trained_mix != painting_mix:
-            lines.append(f"            (variants painted with the training's region keep-prob {trained_mix}; "
-                         f"the shards' variants use {painting_mix})")
+        if trained and painting and trained != painting:
+            lines.append(f"            (variants painted as in training, region keep-prob {trained[0]}, new codes "
+                         f"{trained[1]}; the shards' variants: {painting[0]}, {painting[1]})")
     return lines
 
 

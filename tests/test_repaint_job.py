@@ -87,7 +87,7 @@ def test_preview_grid_is_written_and_shown(trained, capsys):
     assert "trained on  cpu " in shown
     assert "variants    boundary F" in shown and "between two variants" in shown and "proxy task  top-1" in shown
     # the job's defaults: the proxy was measured on the training's mix, the shards paint every region new
-    assert "the training's region keep-prob 0.5; the shards' variants use 0.0" in shown
+    assert "as in training, region keep-prob 0.5, new codes prior; the shards' variants: 0.0, bank" in shown
 
 
 def test_rerun_reuses_the_training_and_rewrites_nothing(trained):
@@ -116,14 +116,15 @@ def test_same_checkpoint_gives_identical_shards_with_1_or_2_writers(trained, tmp
     assert painted == expected and 0 < len(painted) < 24
 
 
-def test_bank_latent_paints_from_the_trained_style_bank(trained, tmp_path):
+def test_bank_latent_is_the_default_and_prior_paints_other_codes(trained, tmp_path):
     checkpoint = str(trained / "repainter" / "repainter.pt")
-    out = tmp_path / "bank"
+    assert read_manifest(trained)["repainter"]["variant_latent"] == "bank"  # the default
+    out = tmp_path / "prior"
     run_job(GenerateConfig(source="demo:24:48", out=str(out), samples_per_shard=8, variants=2, repainter=checkpoint,
-                           repainter_steps=0, variant_latent="bank", **TINY))
-    assert read_manifest(out)["repainter"]["variant_latent"] == "bank" and len(_samples(out)) == 24
-    banked, prior = _samples(out), _samples(trained)
-    for b, p in zip(banked, prior, strict=True):  # same checkpoint and seeds: only the codes' source differs
+                           repainter_steps=0, variant_latent="prior", **TINY))
+    assert read_manifest(out)["repainter"]["variant_latent"] == "prior" and len(_samples(out)) == 24
+    prior, banked = _samples(out), _samples(trained)
+    for p, b in zip(prior, banked, strict=True):  # same checkpoint and seeds: only the codes' source differs
         assert b["rp0.jpg"] != p["rp0.jpg"] and b["rp0.jpg"] != b["rp1.jpg"]
 
 
