@@ -23,35 +23,18 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from manifests import read_manifest  # noqa: E402
-from pipeline.repaint.quality import colour_cue, measure_variants, read_repainted  # noqa: E402
+from pipeline.repaint.paint import load_task  # noqa: E402
+from pipeline.repaint.quality import colour_cue, measure_variants, proxy_top1, read_repainted  # noqa: E402
 
 
-def proxy_top1(folder: Path, originals: np.ndarray, variants: np.ndarray, labels: np.ndarray) -> dict:
-    """T's top-1 on uint8 originals [B, S, S, 3] and variants [B, N, S, S, 3] (inputs in [-1, 1], as it trained)."""
-    import timm
-    import torch
-
-    from pipeline.repaint.paint import load_repainter
-
-    if not (folder / "state.pt").is_file() or (labels < 0).any():
-        raise SystemExit(f"--proxy {folder}: needs a checkpoint folder with state.pt and a classification set")
-    cfg, _, _, _ = load_repainter(folder / "repainter.pt")
-    task = timm.create_model(cfg.task_model, pretrained=False, num_classes=cfg.num_classes)
-    task.load_state_dict(torch.load(folder / "state.pt", map_location="cpu", weights_only=True)["T"])
-    task.eval()
-
-    @torch.no_grad()
-    def top1(images: np.ndarray) -> float:
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-        predicted = torch.cat([task(x[i:i + 256]).argmax(1) for i in range(0, len(x), 256)])
-        return float((predicted.numpy() == labels).mean())
-
-    return {"originals": top1(originals), "variants": [top1(variants[:, v]) for v in range(variants.shape[1])]}
+def load_proxy(folder: Path):
+    """T from a Ray Train checkpoint folder of the repainter's training (config from repainter.pt)."""
+    if not (folder / "state.pt").is_file():
+        raise SystemExit(f"--proxy {folder}: needs a checkpoint folder with repainter.pt and state.pt")
+    return load_task(folder / "repainter.pt", folder / "state.pt")
 
 
 def main() -> None:
@@ -74,7 +57,9 @@ def main() -> None:
             raise SystemExit(f"{args.shards}: --colour-cue needs a classification set (a cls field per sample)")
         result["colour_cue_top1"] = colour_cue(read["originals"], read["variants"], read["labels"])
     if args.proxy:
-        result["proxy_top1"] = proxy_top1(args.proxy, read["originals"], read["variants"], read["labels"])
+        if (read["labels"] < 0).any():
+            raise SystemExit(f"{args.shards}: --proxy needs a classification set (a cls field per sample)")
+        result["proxy_top1"] = proxy_top1(load_proxy(args.proxy), read["originals"], read["variants"], read["labels"])
     manifest = read_manifest(args.shards)
     result["repainter_metrics"] = ((manifest.get("repainter") or {}).get("training") or {}).get("metrics")
     print(json.dumps(result, indent=1))

@@ -91,8 +91,14 @@ def _quality_lines(q: dict, trained: tuple | None = None, painting: tuple | None
                      f"closed) on {q['images']} images at {q['size']}px")
         lines.append(f"variants    colour distance to the original {c['variant_vs_original']:.1f}, "
                      f"between two variants {c['variant_vs_variant']:.1f} (mean per pixel, 0-255)")
+    if "proxy_top1" in q:  # measured on the shards' own originals and variants
+        p = q["proxy_top1"]
+        mean = sum(p["variants"]) / len(p["variants"])
+        lines.append(f"proxy task  top-1 on the measured originals {p['originals']:.1%}, on their variants {mean:.1%} "
+                     f"({mean / p['originals']:.2f}x; mean of {len(p['variants'])})" if p["originals"] else
+                     f"proxy task  top-1 on the measured originals 0.0%, on their variants {mean:.1%}")
     if "proxy_acc_real" in q:
-        lines.append(f"proxy task  top-1 on held-out originals {q['proxy_acc_real']:.1%}, "
+        lines.append(f"proxy task  in training, top-1 on held-out originals {q['proxy_acc_real']:.1%}, "
                      f"on their variants {q.get('proxy_acc_painted', float('nan')):.1%}")
         if trained and painting and trained != painting:
             lines.append(f"            (variants painted as in training, region keep-prob {trained[0]}, new codes "

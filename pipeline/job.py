@@ -25,7 +25,9 @@ from .job_config import GenerateConfig
 from .preview import PREVIEW_NAME, PREVIEW_SAMPLES, preview_png
 from .records import RecordSettings
 from .repaint.job import REPAINTER_FILE, RepaintPlan, node_origin, obtain_repainter, start_painters
+from .repaint.paint import load_task
 from .repaint.quality import QUALITY_LIMIT, measure_shards
+from .repaint.train import TASK_FILE
 from .shards import ShardPlan, load_done, plan_shards, shuffled, write_shard
 from .sources import open_source
 from .store import LocalStore, Store, open_store
@@ -176,20 +178,25 @@ def _covering(shards: list[dict], samples: int) -> list[str]:
     return names
 
 
-def read_back(store: Store, manifest: dict, cfg: GenerateConfig, repaint_info: dict) -> None:
+def read_back(store: Store, manifest: dict, cfg: GenerateConfig, repaint_info: dict,
+              checkpoint: Path | None = None) -> None:
     """`preview.png` from the first shards and the variants' quality from the last ones, read back
     from what was stored (downloaded for an object store; only the shards these need).
 
     Quality is measured from the last shard backwards: the repainter trains on the first
-    `--repainter-images` of the same order, so on a set larger than that these are images it never saw."""
+    `--repainter-images` of the same order, so on a set larger than that these are images it never saw.
+    Where the training's proxy task lies beside the checkpoint (`task.pt`), its top-1 is measured on
+    those same originals and variants: the shards' own paintings, not the training's mix."""
     shards = manifest["shards"]
     with store.local_copies(_covering(shards, 4 * PREVIEW_SAMPLES)) as paths:
         png = preview_png(paths, cfg.variants)
     if png is not None:
         store.write_bytes(PREVIEW_NAME, png)
         manifest["preview"] = PREVIEW_NAME
+    task_file = checkpoint.parent / TASK_FILE if checkpoint else None
+    task = load_task(checkpoint, task_file) if task_file and task_file.is_file() else None
     with store.local_copies(_covering(shards[::-1], 4 * QUALITY_LIMIT)) as paths:
-        quality = measure_shards(paths, cfg.repaint_size)
+        quality = measure_shards(paths, cfg.repaint_size, task=task)
     metrics = (repaint_info.get("training") or {}).get("metrics") or {}
     quality.update({k: metrics[k] for k in ("proxy_acc_real", "proxy_acc_painted") if k in metrics})
     manifest["repainter"]["quality"] = quality
@@ -217,7 +224,7 @@ def run_job(cfg: GenerateConfig) -> str:
                               max_side=cfg.max_side, max_pixels=cfg.max_pixels)
     plans = plan_shards(len(records), cfg.samples_per_shard)
     with RaySession(cfg) as session:
-        repainter, repaint_info = None, None
+        repainter, repaint_info, checkpoint = None, None, None
         if cfg.variants:
             plan = RepaintPlan.from_config(cfg, source)
             work = Path(cfg.work or cfg.out).resolve()
@@ -235,7 +242,7 @@ def run_job(cfg: GenerateConfig) -> str:
             done += _write_shards(cfg, todo, records, settings, store.location, fingerprint, painters)
     manifest = build_manifest(cfg, source, len(records), done, repaint_info)
     if cfg.variants:
-        read_back(store, manifest, cfg, repaint_info)
+        read_back(store, manifest, cfg, repaint_info, checkpoint)
     validate_manifest(manifest, store.url(MANIFEST_NAME))
     store.write_bytes(TIMM_INFO_NAME, timm_info(manifest))
     store.write_bytes(MANIFEST_NAME, dumps_canonical(manifest).encode())  # last: every shard it lists is done

@@ -60,6 +60,10 @@ def test_job_trains_on_ray_train_and_writes_variants_at_the_stored_size(trained)
     quality = manifest["repainter"]["quality"]  # measured on the written shards
     assert quality["images"] > 0 and set(quality["boundary_f"]) == {"variant", "original", "unrelated_original"}
     assert quality["colour_distance"]["variant_vs_variant"] > 0 and "proxy_acc_real" in quality
+    # the proxy T (kept beside the repainter) on the measured samples the shards hold, per variant
+    assert (trained / "repainter" / "task.pt").is_file()
+    proxy = quality["proxy_top1"]
+    assert 0 <= proxy["originals"] <= 1 and len(proxy["variants"]) == 2
     assert verify_shard_set(trained) == []
     samples = _samples(trained)
     assert len(samples) == 24
@@ -85,7 +89,8 @@ def test_preview_grid_is_written_and_shown(trained, capsys):
     shown = capsys.readouterr().out
     assert f"preview     {preview}" in shown and "repainter   sha256" in shown and "segmenter   demo" in shown
     assert "trained on  cpu " in shown
-    assert "variants    boundary F" in shown and "between two variants" in shown and "proxy task  top-1" in shown
+    assert "variants    boundary F" in shown and "between two variants" in shown
+    assert "proxy task  in training, top-1" in shown and "proxy task  top-1 on the measured originals" in shown
     # the job's defaults: the proxy was measured on the training's mix, the shards paint every region new
     assert "as in training, region keep-prob 0.5, new codes prior; the shards' variants: 0.0, bank" in shown
 

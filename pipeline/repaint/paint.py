@@ -83,6 +83,18 @@ def load_repainter(path: str | Path) -> tuple[RepainterConfig, RegionEncoder, Ge
     return cfg, encoder.eval(), generator.eval(), info
 
 
+def load_task(repainter: str | Path, weights: str | Path) -> torch.nn.Module:
+    """The proxy task T of a training: its model from the repainter's config, its weights from
+    `task.pt` (written beside `repainter.pt` at the end of a training) or a checkpoint's `state.pt`."""
+    import timm
+
+    cfg, _, _, _ = load_repainter(repainter)
+    task = timm.create_model(cfg.task_model, pretrained=False, num_classes=cfg.num_classes)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    task.load_state_dict(state.get("T", state))
+    return task.eval()
+
+
 @torch.no_grad()
 def collect_style_bank(encoder: RegionEncoder, images: np.ndarray, labels: np.ndarray, num_channels: int,
                        limit: int = 4096, seed: int = 0, batch_size: int = 64) -> torch.Tensor:

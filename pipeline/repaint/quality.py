@@ -128,12 +128,34 @@ def read_repainted(urls: list[str], size: int, limit: int = QUALITY_LIMIT) -> di
             "labels": np.array([int(s["cls"]) if "cls" in s else -1 for s in samples])}
 
 
-def measure_shards(urls: list[str], size: int, limit: int = QUALITY_LIMIT) -> dict:
-    """`measure_variants` on the first `limit` repainted samples of written shards (`read_repainted`)."""
+def proxy_top1(task, originals: np.ndarray, variants: np.ndarray, labels: np.ndarray) -> dict:
+    """The proxy task T's top-1 on uint8 originals [B, S, S, 3] and on each variant [B, N, S, S, 3]
+    (inputs in [-1, 1], as it trained): {"originals": p, "variants": [p per variant]}."""
+    import torch
+
+    @torch.no_grad()
+    def top1(images: np.ndarray) -> float:
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        predicted = torch.cat([task(x[i:i + 256]).argmax(1) for i in range(0, len(x), 256)])
+        return float((predicted.numpy() == labels).mean())
+
+    was_training = task.training
+    task.eval()
+    result = {"originals": top1(originals), "variants": [top1(variants[:, v]) for v in range(variants.shape[1])]}
+    task.train(was_training)
+    return result
+
+
+def measure_shards(urls: list[str], size: int, limit: int = QUALITY_LIMIT, task=None) -> dict:
+    """`measure_variants` on the first `limit` repainted samples of written shards (`read_repainted`),
+    and with the proxy `task` (a classification set) its top-1 on those originals and variants."""
     read = read_repainted(urls, size, limit)
     if read is None:
         return {"images": 0, "note": "needs at least 2 repainted samples with 2 variants each"}
-    return measure_variants(read["originals"], read["variants"], read["label_maps"])
+    result = measure_variants(read["originals"], read["variants"], read["label_maps"])
+    if task is not None and (read["labels"] >= 0).all():
+        result["proxy_top1"] = proxy_top1(task, read["originals"], read["variants"], read["labels"])
+    return result
 
 
 def colour_histograms(images: np.ndarray, bins: int = 4) -> np.ndarray:

@@ -13,6 +13,7 @@ uninterrupted one would have. At the end, rank 0 measures the repainter on the h
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import tempfile
@@ -42,6 +43,7 @@ from .steps import RepainterNets, train_step, unwrap
 # dashboard): on a small local cluster that adds tens of seconds per fit. Users may override them.
 RAY_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION": "0",
                  "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+TASK_FILE = "task.pt"  # the proxy task's final weights, beside repainter.pt
 LOSS_COLUMNS = ("step", "d", "t", "g_total", "gan", "fm", "rec", "kld", "latent", "task", "seconds")
 
 
@@ -245,4 +247,9 @@ def train_repainter(cfg: RepainterConfig, t: TrainSettings, data: RepaintSet, va
     final = folder / "repainter.pt"
     with result.checkpoint.as_directory() as checkpoint_dir:
         atomic_write_bytes(final, (Path(checkpoint_dir) / "repainter.pt").read_bytes())
+        # T beside it, so the job can measure the proxy on the shards it writes (`quality.proxy_top1`)
+        task = torch.load(Path(checkpoint_dir) / "state.pt", map_location="cpu", weights_only=True)["T"]
+        buffer = io.BytesIO()
+        torch.save(task, buffer)
+        atomic_write_bytes(folder / TASK_FILE, buffer.getvalue())
     return final, dict(result.metrics or {})
