@@ -97,6 +97,8 @@ def _quality_lines(q: dict, trained: tuple | None = None, painting: tuple | None
         lines.append(f"proxy task  top-1 on the measured originals {p['originals']:.1%}, on their variants {mean:.1%} "
                      f"({mean / p['originals']:.2f}x; mean of {len(p['variants'])})" if p["originals"] else
                      f"proxy task  top-1 on the measured originals 0.0%, on their variants {mean:.1%}")
+        if p.get("may_include_training_images"):
+            lines.append("            (a set this small: T may have trained on some of these originals)")
     if "proxy_acc_real" in q:
         lines.append(f"proxy task  in training, top-1 on held-out originals {q['proxy_acc_real']:.1%}, "
                      f"on their variants {q.get('proxy_acc_painted', float('nan')):.1%}")

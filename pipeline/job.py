@@ -197,6 +197,9 @@ def read_back(store: Store, manifest: dict, cfg: GenerateConfig, repaint_info: d
     task = load_task(checkpoint, task_file) if task_file and task_file.is_file() else None
     with store.local_copies(_covering(shards[::-1], 4 * QUALITY_LIMIT)) as paths:
         quality = measure_shards(paths, cfg.repaint_size, task=task)
+    if "proxy_top1" in quality:  # T trained on the first --repainter-images of this order (90 % of them)
+        quality["proxy_top1"]["may_include_training_images"] = cfg.repainter_steps > 0 and \
+            manifest["totals"]["samples"] - 4 * QUALITY_LIMIT < cfg.repainter_images
     metrics = (repaint_info.get("training") or {}).get("metrics") or {}
     quality.update({k: metrics[k] for k in ("proxy_acc_real", "proxy_acc_painted") if k in metrics})
     manifest["repainter"]["quality"] = quality

@@ -64,6 +64,7 @@ def test_job_trains_on_ray_train_and_writes_variants_at_the_stored_size(trained)
     assert (trained / "repainter" / "task.pt").is_file()
     proxy = quality["proxy_top1"]
     assert 0 <= proxy["originals"] <= 1 and len(proxy["variants"]) == 2
+    assert proxy["may_include_training_images"]  # 24 images, all in the training set
     assert verify_shard_set(trained) == []
     samples = _samples(trained)
     assert len(samples) == 24
