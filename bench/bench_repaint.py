@@ -43,7 +43,7 @@ def bare_generator_rate(nets: RepainterNets, images: int, variants: int, size: i
     for i in range(images):
         image = render_demo(0, i, 96)[0]
         small, labels = resize_pair(image, segmenter(image, {"source_id": f"demo/{i}"}), size)
-        inputs.append(to_model_inputs(small[None], labels[None], nets.cfg.label_channels))
+        inputs.append(to_model_inputs(small[None], labels[None], nets.cfg.label_channels, nets.cfg.structure))
     E, G = nets.E.eval(), nets.G.eval()
     start = time.perf_counter()
     with torch.no_grad():

@@ -66,7 +66,8 @@ def show(path: str) -> int:
         r = m["repainter"]
         lines.append(f"repainter   sha256 {r['sha256'][:16]}..  step {r['step']}  painted at {r['repaint_size']}px"
                      f"  fraction {r['repaint_fraction']}  new region codes: {r.get('variant_latent', 'prior')}"
-                     f" (style bank of {r.get('style_bank', 0)})")
+                     f" (style bank of {r.get('style_bank', 0)})"
+                     f"  G sees: {(r.get('config') or {}).get('structure', 'segments')}")
         if trained_on := ((r.get("training") or {}).get("metrics") or {}).get("trained_on"):
             lines.append(f"trained on  {trained_on} (another CPU ISA or a GPU trains other weights)")
         config = r.get("config") or {}

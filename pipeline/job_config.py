@@ -12,7 +12,7 @@ from manifests.flags import build_parser, flag, invalid_flags
 from manifests.imageio import DEFAULT_MAX_PIXELS
 from manifests.objectstore import is_object_url
 
-from .repaint.config import HUE_MODES, LATENTS
+from .repaint.config import HUE_MODES, LATENTS, STRUCTURES
 
 DEMO_STEPS = 300
 REPAINTER = "repainter (with --variants > 0)"
@@ -66,6 +66,9 @@ class GenerateConfig:
     train_variant_latent: str = flag(
         "prior", "new region codes of the variant paintings the repainter trains on: prior | bank (E's codes of "
                  "the batch's regions: what --variant-latent bank paints)", group=REPAINTER, choices=("prior", "bank"))
+    repainter_structure: str = flag(
+        "segments", "what G gets besides the segments: segments (their boundaries) | edges (also the original's "
+                    "own edges inside each segment, without its colours)", group=REPAINTER, choices=STRUCTURES)
     segmenter: str | None = flag(
         None, "fh[:scale=S,sigma=G,min_size=M] (default for folders and COCO) | deeplab:WEIGHTS.pt | coco "
               "(ground-truth polygons) | demo (the demo's own masks; its default)", group=REPAINTER)
@@ -178,7 +181,7 @@ class GenerateConfig:
             keep += ["repainter_steps", "repaint_size", "segmenter", "repaint_fraction", "variant_latent",
                      "paint_batch", "variant_hue", "variant_detail", "task_model", "task_loss", "task_weight",
                      "task_warmup", "region_keep_prob", "train_region_keep_prob", "train_variant_latent",
-                     "repainter_images", "repainter_batch", "train_workers", "repainter_norm"]
+                     "repainter_images", "repainter_batch", "train_workers", "repainter_norm", "repainter_structure"]
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 

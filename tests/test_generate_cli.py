@@ -37,6 +37,8 @@ main = _generate.main
      "invalid value for --variant-latent uniform: must be one of prior, bank, posterior"),
     (["--train-variant-latent", "posterior"],
      "invalid value for --train-variant-latent posterior: must be one of prior, bank"),
+    (["--repainter-structure", "lines"],
+     "invalid value for --repainter-structure lines: must be one of segments, edges"),
     (["--variant-hue", "all"], "invalid value for --variant-hue all: must be one of none, image, region"),
     (["--variant-detail", "2"], "invalid value for --variant-detail 2.0: must be in [0, 1]"),
     (["--repainter-norm", "group"], "--repainter-norm group: must be one of instance, batch, syncbatch"),

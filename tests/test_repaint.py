@@ -218,3 +218,31 @@ def test_paint_batch_shards_repeat_byte_for_byte_and_skip_unrepainted_records(ch
     assert 0 < len(repainted) < 10  # --repaint-fraction 0.5 leaves some out, in the batch as alone
     for a, b in zip(read["b4"], read["b1"], strict=True):  # the same records repainted, the same label maps
         assert sorted(a) == sorted(b) and a.get("seg.png") == b.get("seg.png")
+
+
+class _HalfSplit:
+    """A segmenter that ignores the picture: the same two regions for every image."""
+
+    def __call__(self, image, meta=None):
+        labels = np.zeros((image.height, image.width), np.uint16)
+        labels[:, image.width // 2:] = 1
+        return labels
+
+
+def test_edges_structure_paints_the_originals_inner_edges(tmp_path):
+    """Same label map, same key, prior codes: with `segments` G sees nothing of the picture itself, so
+    two pictures paint alike; with `edges` the picture's own edges reach G and their variants differ."""
+    plain, striped = np.full((32, 32, 3), 90, np.uint8), np.full((32, 32, 3), 90, np.uint8)
+    striped[:, ::4] = 220  # edges inside both regions, no new segment
+    paintings = {}
+    for structure in ("segments", "edges"):
+        torch.manual_seed(0)
+        cfg = RepainterConfig(label_channels=9, z_dim=4, encoder_width=8, ngf=8, spade_hidden=8, num_up=2,
+                              ndf=8, keep_prob=0.0, structure=structure)
+        path = tmp_path / f"{structure}.pt"
+        save_repainter(path, cfg, build_encoder(cfg), build_generator(cfg), step=0)
+        repaint = Repaint(path, _HalfSplit(), variants=1, seed=0, repaint_size=32)
+        assert repaint.cfg.structure == structure  # the checkpoint says how its inputs are made
+        paintings[structure] = [repaint(Image.fromarray(p), "k-1", {})["rp0.jpg"] for p in (plain, striped)]
+    assert paintings["segments"][0] == paintings["segments"][1]
+    assert paintings["edges"][0] != paintings["edges"][1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from pipeline.preview import colourise
@@ -54,3 +55,18 @@ def test_colourise_gives_each_id_one_colour():
     labels = np.array([[0, 1], [1, 300]], np.uint16)
     rgb = np.asarray(colourise(labels))
     assert (rgb[0, 1] == rgb[1, 0]).all() and not (rgb[0, 0] == rgb[0, 1]).all()
+
+
+def test_edges_structure_draws_the_originals_edges_inside_a_segment():
+    images = np.zeros((1, 16, 16, 3), np.uint8)
+    images[0, :, 4:6] = 200  # a bright bar inside the one segment: no segment boundary there
+    labels = np.zeros((1, 16, 16), np.uint16)
+    _, plain = to_model_inputs(images, labels, 5)
+    _, edged = to_model_inputs(images, labels, 5, structure="edges")
+    assert plain[0, -1].sum() == 0  # one segment: no boundaries at all
+    assert edged[0, -1, :, 3:7].max() == 1.0 and edged[0, -1, :, 10:].max() == 0.0  # the bar's edges only
+    assert torch.equal(plain[:, :-1], edged[:, :-1])  # the segment channels are the same
+    dark = (images // 4).astype(np.uint8)  # the same picture at a quarter of the contrast draws the same edges
+    assert torch.allclose(to_model_inputs(dark, labels, 5, structure="edges")[1], edged, atol=1e-6)
+    with pytest.raises(ValueError, match="structure 'lines'"):
+        to_model_inputs(images, labels, 5, structure="lines")

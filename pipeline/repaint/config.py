@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 
 HUE_MODES = ("none", "image", "region")  # --variant-hue: what `paint.rotate_hues` rotates
 LATENTS = ("prior", "bank", "posterior")  # --variant-latent: where a variant's new region codes come from
+STRUCTURES = ("segments", "edges")  # what the label input's boundary channel draws (data.to_model_inputs)
 
 
 @dataclass
@@ -24,6 +25,7 @@ class RepainterConfig:
     d_layers: int = 3
     d_scales: int = 2
     norm: str = "instance"
+    structure: str = "segments"  # "edges": the boundary channel also draws the original's own edges
     task_model: str = "resnet18"
     keep_prob: float = 0.5  # a variant's region keeps (a sample of) its own style with this probability
     # Where a training variant's new region codes come from: "prior" N(0, I), or "bank": E's code of a

@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from PIL import Image
+from skimage.filters import sobel
 
 from manifests import decode_image
 
 from ..records import RecordSettings, process_record
 from ..segment import label_channels
 from ..sources import Record
+from .config import STRUCTURES
 
 
 def resize_pair(image: Image.Image, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -28,11 +30,32 @@ def resize_pair(image: Image.Image, labels: np.ndarray, size: int) -> tuple[np.n
     return small, small_labels.astype(np.uint16)
 
 
-def to_model_inputs(images: np.ndarray, labels: np.ndarray, num_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 [B, S, S, 3] and uint16 [B, S, S] -> image in [-1, 1] [B, 3, S, S] and label channels."""
-    x = torch.from_numpy(np.array(images, copy=True)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    channels = torch.from_numpy(np.stack([label_channels(m, num_channels - 1) for m in labels]))
-    return x, channels
+def to_unit_range(images: np.ndarray) -> torch.Tensor:
+    """uint8 [B, S, S, 3] -> float [B, 3, S, S] in [-1, 1]: what E, D and T take (G paints in it)."""
+    return torch.from_numpy(np.array(images, copy=True)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def edge_strength(image: np.ndarray) -> np.ndarray:
+    """The original's edges, [0, 1] float32 HxW: Sobel magnitude of the luminance, divided by its
+    98th percentile (so a low-contrast image draws its edges as a high-contrast one does)."""
+    magnitude = sobel(image.astype(np.float32).mean(-1) / 255.0)
+    return np.clip(magnitude / max(float(np.percentile(magnitude, 98)), 1e-3), 0.0, 1.0).astype(np.float32)
+
+
+def to_model_inputs(images: np.ndarray, labels: np.ndarray, num_channels: int,
+                    structure: str = "segments") -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 [B, S, S, 3] and uint16 [B, S, S] -> image in [-1, 1] [B, 3, S, S] and label channels.
+    The last channel is the boundary map: the segments' boundaries, or with `structure` "edges" the
+    stronger of those and the original's own edges (`edge_strength`), so G also gets the edges
+    inside a segment (a wheel, a leg) that the label map folds away; they carry no colour."""
+    if structure not in STRUCTURES:
+        raise ValueError(f"structure {structure!r}: expected one of {', '.join(STRUCTURES)}")
+    x = to_unit_range(images)
+    channels = np.stack([label_channels(m, num_channels - 1) for m in labels])
+    if structure == "edges":
+        edges = np.stack([edge_strength(im) for im in images])
+        channels[:, -1] = np.maximum(channels[:, -1], edges)
+    return x, torch.from_numpy(channels)
 
 
 def task_target(meta: dict, num_classes: int, multilabel: bool) -> np.ndarray:

@@ -75,7 +75,7 @@ class RepaintPlan:
             num_classes=max(1, len(source.classes)), multilabel=source.kind == "coco", task_model=cfg.task_model,
             task_weight=cfg.task_weight if cfg.task_loss else 0.0, norm=cfg.repainter_norm,
             task_warmup=min(cfg.task_warmup, steps), keep_prob=cfg.train_region_keep_prob,
-            train_latent=cfg.train_variant_latent)
+            train_latent=cfg.train_variant_latent, structure=cfg.repainter_structure)
         training = TrainSettings(steps=steps, batch_size=cfg.repainter_batch, size=cfg.repaint_size,
                                  checkpoint_every=min(cfg.repainter_checkpoint_every, max(1, steps)),
                                  workers=cfg.train_workers, use_gpu=cfg.gpus > 0, seed=cfg.seed,

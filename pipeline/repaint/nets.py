@@ -229,5 +229,12 @@ def build_discriminator(cfg: RepainterConfig) -> MultiScaleDiscriminator:
     return MultiScaleDiscriminator(cfg.label_channels, cfg.ndf, cfg.d_layers, cfg.d_scales)
 
 
+def build_task(cfg: RepainterConfig) -> nn.Module:
+    """The proxy task T: a timm classifier (random init, never downloaded) with the set's classes."""
+    import timm  # only where T is built: painting actors that never measure T skip its import
+
+    return timm.create_model(cfg.task_model, pretrained=False, num_classes=cfg.num_classes)
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

@@ -33,7 +33,16 @@ from manifests.objectstore import is_object_url, read_object
 
 from .config import HUE_MODES, LATENTS, RepainterConfig
 from .data import resize_pair, to_model_inputs
-from .nets import Generator, RegionEncoder, build_encoder, build_generator, region_masks, reparameterize, variant_codes
+from .nets import (
+    Generator,
+    RegionEncoder,
+    build_encoder,
+    build_generator,
+    build_task,
+    region_masks,
+    reparameterize,
+    variant_codes,
+)
 
 CHECKPOINT_FORMAT = "repainter-v2"  # v2: region style codes (v1's spatial latent is not readable)
 
@@ -86,10 +95,8 @@ def load_repainter(path: str | Path) -> tuple[RepainterConfig, RegionEncoder, Ge
 def load_task(repainter: str | Path, weights: str | Path) -> torch.nn.Module:
     """The proxy task T of a training: its model from the repainter's config, its weights from
     `task.pt` (written beside `repainter.pt` at the end of a training) or a checkpoint's `state.pt`."""
-    import timm
-
     cfg, _, _, _ = load_repainter(repainter)
-    task = timm.create_model(cfg.task_model, pretrained=False, num_classes=cfg.num_classes)
+    task = build_task(cfg)
     state = torch.load(weights, map_location="cpu", weights_only=True)
     task.load_state_dict(state.get("T", state))
     return task.eval()
@@ -97,7 +104,8 @@ def load_task(repainter: str | Path, weights: str | Path) -> torch.nn.Module:
 
 @torch.no_grad()
 def collect_style_bank(encoder: RegionEncoder, images: np.ndarray, labels: np.ndarray, num_channels: int,
-                       limit: int = 4096, seed: int = 0, batch_size: int = 64) -> torch.Tensor:
+                       limit: int = 4096, seed: int = 0, batch_size: int = 64,
+                       structure: str = "segments") -> torch.Tensor:
     """E's code (mu) of every region present in `images` (uint8 [B, S, S, 3], label maps [B, S, S]),
     at most `limit` of them (a seeded choice): [N, z_dim] on the CPU.
 
@@ -110,7 +118,7 @@ def collect_style_bank(encoder: RegionEncoder, images: np.ndarray, labels: np.nd
     device = next(encoder.parameters()).device
     found = []
     for i in range(0, len(images), batch_size):
-        x, channels = to_model_inputs(images[i:i + batch_size], labels[i:i + batch_size], num_channels)
+        x, channels = to_model_inputs(images[i:i + batch_size], labels[i:i + batch_size], num_channels, structure)
         mu, _ = encoder(x.to(device), channels.to(device))
         present = region_masks(channels).sum((2, 3)) > 0
         found.append(mu.cpu()[present])
@@ -223,7 +231,7 @@ class Repaint:
         does not depend on the batch it was painted in (up to float rounding: tests/test_repaint.py)."""
         smalls = [resize_pair(image, labels, self.size) for image, labels, _ in items]
         x, channels = to_model_inputs(np.stack([im for im, _ in smalls]), np.stack([lab for _, lab in smalls]),
-                                      self.cfg.label_channels)
+                                      self.cfg.label_channels, self.cfg.structure)
         x, channels = x.to(self.device), channels.to(self.device)
         mu, logvar = self.encoder(x, channels)
         seeds = [[variant_seed(self.seed, key, v) for v in range(self.variants)] for _, _, key in items]

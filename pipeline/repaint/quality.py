@@ -133,9 +133,11 @@ def proxy_top1(task, originals: np.ndarray, variants: np.ndarray, labels: np.nda
     (inputs in [-1, 1], as it trained): {"originals": p, "variants": [p per variant]}."""
     import torch
 
+    from .data import to_unit_range  # torch: only where T is measured
+
     @torch.no_grad()
     def top1(images: np.ndarray) -> float:
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        x = to_unit_range(images)
         predicted = torch.cat([task(x[i:i + 256]).argmax(1) for i in range(0, len(x), 256)])
         return float((predicted.numpy() == labels).mean())
 

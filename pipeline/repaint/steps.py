@@ -22,14 +22,21 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from .config import RepainterConfig
-from .nets import build_discriminator, build_encoder, build_generator, region_masks, reparameterize, variant_codes
+from .nets import (
+    build_discriminator,
+    build_encoder,
+    build_generator,
+    build_task,
+    region_masks,
+    reparameterize,
+    variant_codes,
+)
 
 
 class RepainterNets:
@@ -38,7 +45,7 @@ class RepainterNets:
     def __init__(self, cfg: RepainterConfig):
         self.cfg = cfg
         self.E, self.G, self.D = build_encoder(cfg), build_generator(cfg), build_discriminator(cfg)
-        self.T = timm.create_model(cfg.task_model, pretrained=False, num_classes=cfg.num_classes)
+        self.T = build_task(cfg)
         betas = (0.0, 0.999)
         self.opt_g = torch.optim.Adam([*self.E.parameters(), *self.G.parameters()], lr=cfg.lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)

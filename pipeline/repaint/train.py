@@ -65,7 +65,7 @@ def _batch(data: RepaintSet, mine: np.ndarray, cfg: RepainterConfig, t: TrainSet
            device: torch.device):
     rng = np.random.default_rng(derive_seed(t.seed, "batch", step, rank))
     idx = np.sort(rng.choice(mine, size=min(t.batch_size, len(mine)), replace=False))
-    image, labels = to_model_inputs(data.images[idx], data.labels[idx], cfg.label_channels)
+    image, labels = to_model_inputs(data.images[idx], data.labels[idx], cfg.label_channels, cfg.structure)
     flip = torch.from_numpy(rng.random(len(idx)) < 0.5)  # mirrored images are as real as the originals
     image, labels = torch.where(flip[:, None, None, None], image.flip(-1), image), \
         torch.where(flip[:, None, None, None], labels.flip(-1), labels)
@@ -89,7 +89,7 @@ def evaluate(nets: RepainterNets, val: RepaintSet, cfg: RepainterConfig, device:
     painted_all = []
     for i in range(0, len(val), batch_size):
         image, labels = to_model_inputs(val.images[i:i + batch_size], val.labels[i:i + batch_size],
-                                        cfg.label_channels)
+                                        cfg.label_channels, cfg.structure)
         image, labels = image.to(device), labels.to(device)
         target = torch.tensor(val.targets[i:i + batch_size])
         seeds = [derive_seed(seed, "eval", i, v) for v in (0, 1)]
@@ -215,7 +215,7 @@ def train_loop(config: dict) -> None:
                 metrics["trained_on"] = numerics_of(device)
                 encoder = unwrap(nets.E)
                 encoder.style_bank = collect_style_bank(encoder, data.images, data.labels, cfg.label_channels,
-                                                        seed=t.seed).to(device)
+                                                        seed=t.seed, structure=cfg.structure).to(device)
                 if len(val):
                     metrics.update(evaluate(nets, val, cfg, device, t.seed))
             _report(nets, step + 1, metrics, rank)
