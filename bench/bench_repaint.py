@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import secrets
 import shutil
 import statistics
 import sys
@@ -91,6 +92,7 @@ def main() -> None:
     p.add_argument("--paint-batch", type=int, default=16, help="images per forward in the batched job rows")
     args = p.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))  # none written under ~/.ray
     import ray
 
     work = Path(tempfile.mkdtemp(prefix="bench_repaint_"))

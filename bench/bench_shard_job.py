@@ -1,6 +1,12 @@
 """Records/s of the sharding job (1 and 2 Ray workers) vs bare single-process loops, same images.
 
     python bench/bench_shard_job.py [--images 5000] [--samples-per-shard 250]
+    python bench/bench_shard_job.py --data coco128 [--images 1024] [--samples-per-shard 64]
+
+`--data cifar` (default): 32x32 CIFAR-10 JPEGs, where per-record fixed costs dominate.
+`--data coco128`: COCO-sized JPEGs (about 640 px on the long side): the 128 images of
+`../shared/data/coco128`, each copied under new names until there are `--images` files (one class
+folder), so the job and the loops read as many files as at CIFAR size but decode real photographs.
 
 Baselines, one process, no Ray, no tar: (a) decode + re-encode each image (JPEG q95), the
 classic "convert a folder" loop; (b) decode only, which is the per-record work the job really
@@ -15,6 +21,7 @@ import argparse
 import io
 import os
 import platform
+import secrets
 import shutil
 import statistics
 import tarfile
@@ -26,6 +33,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR = REPO.parent / "shared" / "data" / "cifar10" / "train.tar"
+COCO_IMAGES = REPO.parent / "shared" / "data" / "coco128" / "images" / "train2017"
 
 
 def extract(n_images: int, target: Path) -> Path:
@@ -42,6 +50,15 @@ def extract(n_images: int, target: Path) -> Path:
             out = target / parts[-2] / parts[-1]
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(tar.extractfile(member).read())
+    return target
+
+
+def copy_coco(n_images: int, target: Path) -> Path:
+    """`n_images` files in target/coco/: COCO128's JPEGs, each repeated under new names."""
+    images = sorted(COCO_IMAGES.glob("*.jpg"))
+    (target / "coco").mkdir(parents=True, exist_ok=True)
+    for i in range(n_images):
+        shutil.copyfile(images[i % len(images)], target / "coco" / f"{i:06d}.jpg")
     return target
 
 
@@ -85,17 +102,24 @@ def job_rate(root: Path, out: Path, workers: int, per_shard: int, ray_temp: str)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=5000)
-    parser.add_argument("--samples-per-shard", type=int, default=250)
+    parser.add_argument("--data", choices=("cifar", "coco128"), default="cifar")
+    parser.add_argument("--images", type=int, default=None, help="default 5000 (cifar), 1024 (coco128)")
+    parser.add_argument("--samples-per-shard", type=int, default=None, help="default 250 (cifar), 64 (coco128)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    if not CIFAR.exists():
-        raise SystemExit(f"needs {CIFAR} (the project's shared data)")
+    coco = args.data == "coco128"
+    args.images = args.images or (1024 if coco else 5000)
+    args.samples_per_shard = args.samples_per_shard or (64 if coco else 250)
+    needed = COCO_IMAGES if coco else CIFAR
+    if not needed.exists():
+        raise SystemExit(f"needs {needed} (the project's shared data)")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Token auth stays on with the token in the environment, so Ray writes none under ~/.ray (as the tests).
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
     work = Path(tempfile.mkdtemp(prefix="bench_shard_"))
     ray_temp = tempfile.mkdtemp(prefix="rb", dir="/tmp")  # short: Ray's socket paths are limited
     try:
-        root = extract(args.images, work / "cifar")
+        root = copy_coco(args.images, work / "coco") if coco else extract(args.images, work / "cifar")
         files = sorted(root.rglob("*.jpg"))
         bare_loop(files[:200], reencode=True)  # warm the page cache and Pillow
         # Rounds interleave the bare loops and the job so that machine noise hits them alike.
@@ -109,7 +133,8 @@ def main() -> None:
         med = {k: statistics.median(row[k] for row in rounds) for k in rounds[0]}
         print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
               f"median of {args.rounds} interleaved rounds [min-max]")
-        print(f"{len(files)} CIFAR-10 images, {args.samples_per_shard} per shard")
+        what = "COCO128 JPEGs (about 640 px, repeated)" if coco else "CIFAR-10 images (32 px)"
+        print(f"{len(files)} {what}, {args.samples_per_shard} per shard")
         print(f"bare loop decode+re-encode : {med['reencode']:8.0f} rec/s")
         print(f"bare loop decode only      : {med['decode']:8.0f} rec/s")
         for workers in (1, 2):

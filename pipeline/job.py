@@ -1,6 +1,7 @@
 """The sharding job on Ray: one task writes one shard; the driver resumes, tracks and assembles.
 
-Only this module and the repainter's orchestration (repaint/job.py, repaint/train.py) import ray.
+Only this module, the shard task (tasks.py) and the repainter's orchestration (repaint/job.py,
+repaint/train.py) import ray.
 Every task is a plain call of `shards.write_shard`, so what runs on a worker is what the tests run without Ray.
 """
 
@@ -24,13 +25,14 @@ from .assemble import TIMM_INFO_NAME, build_manifest, job_fingerprint, timm_info
 from .job_config import GenerateConfig
 from .preview import PREVIEW_NAME, PREVIEW_SAMPLES, preview_png
 from .records import RecordSettings
-from .repaint.job import REPAINTER_FILE, RepaintPlan, node_origin, obtain_repainter, start_painters
+from .repaint.job import REPAINTER_FILE, RepaintPlan, obtain_repainter, start_painters
 from .repaint.paint import load_task
 from .repaint.quality import QUALITY_LIMIT, measure_shards
 from .repaint.train import TASK_FILE
-from .shards import ShardPlan, load_done, plan_shards, shuffled, write_shard
+from .shards import ShardPlan, load_done, plan_shards, shuffled
 from .sources import open_source
 from .store import LocalStore, Store, open_store
+from .tasks import write_shard_task
 
 log = logging.getLogger("pipeline")
 JOB_FILE = "job.json"
@@ -119,14 +121,10 @@ def _claim_out_dir(store: Store, fingerprint: str, description: dict) -> None:
     store.write_bytes(JOB_FILE, dumps_canonical({"fingerprint": fingerprint, "description": description}).encode())
 
 
-def _write_shard_task(*args) -> dict:
-    return write_shard(*args, origin=node_origin())
-
-
 def _write_shards(cfg: GenerateConfig, todo: list[ShardPlan], records: list, settings: RecordSettings,
                   out: str, fingerprint: str, painters: list | None = None) -> list[dict]:
     """Plain tasks without a repainter; with one, the pool of `painters` (actors that each load it once)."""
-    task = ray.remote(num_cpus=1, max_retries=cfg.max_retries)(_write_shard_task)
+    task = ray.remote(num_cpus=1, max_retries=cfg.max_retries)(write_shard_task)
     # A slot is None (a task; 2 per worker keep the CPUs busy) or an actor (one shard at a time).
     free = list(painters) if painters else [None] * (2 * cfg.workers)
 

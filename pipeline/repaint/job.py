@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import socket
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from ..records import RecordSettings
 from ..segment import Segmenter
 from ..shards import ShardPlan, write_shard
 from ..sources import Record, Source
+from ..tasks import node_origin
 from .config import RepainterConfig
 from .data import RepaintSet, build_repaint_set
 from .paint import Repaint, load_repainter
@@ -144,13 +144,6 @@ def obtain_repainter(plan: RepaintPlan, records: list[Record], settings: RecordS
     path = folder / Path(REPAINTER_FILE).name
     _, _, _, info = load_repainter(path)
     return path, {**info, "trained_by_this_job": True, "training": summary}
-
-
-def node_origin() -> dict:
-    """Which Ray node and host a shard was written on, for its done-record. Here because this module
-    and pipeline/job.py are the ones allowed to import ray; the manifest never holds it (node ids
-    change from run to run)."""
-    return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
 
 
 class ShardPainter:
