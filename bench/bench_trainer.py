@@ -5,7 +5,7 @@
 
 timm's train.py is not part of the timm wheel: clone https://github.com/huggingface/pytorch-image-models
 and pass its train.py (or set TIMM_TRAIN). It is run from there, never copied into this repository.
-The defaults took 17 minutes on 2 cores that another job was half using (process start-up is
+The defaults take about 15 minutes on 2 cores (17 with another job on them; process start-up is
 about 20 s of each of the 12 runs); --images, --epochs and --rounds shrink it.
 
 Two comparisons, each a pair of whole training runs on the same CIFAR-10 JPEGs (the shards hold the
