@@ -59,6 +59,15 @@ def test_importing_manifests_loads_neither_torch_nor_ray():
     assert out.stdout.strip() == "[]"
 
 
+def test_the_shard_task_module_stays_light():
+    """A Ray worker imports the module of the task it runs: the shard writer's must not pull in the
+    repainter (torch, Ray Train, timm cost a worker 7-12 s before its first shard)."""
+    code = ("import sys, pipeline.tasks; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'timm', 'torchvision'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+
+
 def test_keys_and_fields():
     assert make_key("coco", 7) == "coco-00000007"
     for bad in ("a.b", "x/y", "", "naïve"):

@@ -89,7 +89,7 @@ def test_preview_grid_is_written_and_shown(trained, capsys):
     assert manifests_cli(["show", str(trained)]) == 0
     shown = capsys.readouterr().out
     assert f"preview     {preview}" in shown and "repainter   sha256" in shown and "segmenter   demo" in shown
-    assert "trained on  cpu " in shown
+    assert "trained on  cpu " in shown and "G sees: segments" in shown
     assert "variants    boundary F" in shown and "between two variants" in shown
     assert "proxy task  in training, top-1" in shown and "proxy task  top-1 on the measured originals" in shown
     # the job's defaults: the proxy was measured on the training's mix, the shards paint every region new
